@@ -1,0 +1,150 @@
+"Corpus readers, the mining chain with a scripted LLM, resumability, critic and importer CLIs."
+import json, zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from popalign.core import has_data, load_artifact, save_artifact, text_hash
+from popalign import mine as M
+from popalign.critic import critic_cli, DIMENSIONS
+from popalign.importers import import_cli, read_personas, _toy_persona_files
+
+
+class FakeLLM:
+    "Deterministic stand-in with the popalign.llm protocol; counts prompts."
+    def __init__(self, fn): self.fn, self.calls = fn, 0
+    def generate(self, prompts, max_tokens=256, temperature=0.0, seed=0, stop=None):
+        self.calls += len(prompts)
+        return [self.fn(p, seed) for p in prompts]
+
+
+def _blog_dir(d: Path) -> Path:
+    b = d / "blogs"; b.mkdir()
+    for name, raw in M._toy_blog_files().items(): (b / name).write_bytes(raw)
+    return b
+
+
+def test_blog_zip_with_defects(tmp_path):
+    zp = tmp_path / "blogs.zip"
+    files = M._toy_blog_files()
+    with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, raw in files.items(): z.writestr(f"blogs/{name}", raw)
+        noise = "".join(np.random.default_rng(1).choice(list("abcdefgh ijklm"), 4000))
+        z.writestr("blogs/9.male.30.Arts.Leo.xml", f"<Blog><date>1,May,2004</date><post>{noise}</post></Blog>".encode())
+    data = bytearray(zp.read_bytes())
+    k = data.find(b"9.male.30.Arts.Leo.xml") + len(b"9.male.30.Arts.Leo.xml") + 50
+    data[k] ^= 0xFF
+    zp.write_bytes(bytes(data))
+    df = M.read_blog_corpus(zp)
+    folder = M.read_blog_corpus(_blog_dir(tmp_path))
+    assert df.text.tolist() == folder.text.tolist()          # zip and folder read the same posts
+    assert df.attrs["skipped"] == {"undecodable file": 1, "bad file name": 1, "empty post": 1, "unclosed post": 1,
+                                   "corrupt zip member": 1}
+    files_skipped = {(f["file"], f["reason"]) for f in df.attrs["skipped_files"]}
+    assert ("9.male.30.Arts.Leo.xml", "corrupt zip member") in files_skipped
+    assert ("3423.male.24.Student.Aries.xml", "unclosed post") in files_skipped
+    assert list(df.columns[:8]) == ["author_id", "segment_id", "gender", "age", "industry", "sign", "date", "text"]
+    assert "café" in df.text.iloc[0]                           # latin-1 decoded
+
+
+def toy_answer(prompt, seed):
+    return M._toy_llm_answer(prompt, seed)
+
+
+def test_mine_cli_end_to_end_and_resume(tmp_path):
+    b = _blog_dir(tmp_path)
+    llm = FakeLLM(toy_answer)
+    out, funnel = M.mine_cli(b, tmp_path / "personas.parquet", llm=llm, min_tokens=20, min_posts=1, verbose=False)
+    df, prov = load_artifact(out)
+    assert df.id.tolist() == ["blog:1000331"]
+    assert prov["prompt_hashes"] == {k: text_hash(M.PROMPTS[k]) for k in ("clean", "quality", "persona")}
+    assert prov["reader_skipped"]["undecodable file"] == 1
+    steps = [r["step"] for r in prov["funnel"]]
+    assert steps[:2] == ["read", "rule_clean"] and steps[-1] == "evidence"
+    fr = funnel.df
+    assert (fr["in"] - fr["out"] == fr["dropped"]).all()
+    assert list(df.evidence.iloc[0]) and min(df.evidence_scores.iloc[0]) >= 90
+    n = llm.calls
+    M.mine_cli(b, tmp_path / "personas.parquet", llm=llm, min_tokens=20, min_posts=1, verbose=False)
+    assert llm.calls == n                                    # same arguments: no new LLM call, file kept
+    with pytest.raises(TypeError, match="Unknown mine option"):
+        M.mine_cli(b, tmp_path / "x.parquet", llm=llm, min_tokenz=3)
+
+
+def test_unparsable_answers_are_retried_then_counted(tmp_path):
+    segs = M.read_blog_corpus(_blog_dir(tmp_path))
+    seen = []
+    def bad_quality(p, seed):
+        if p.startswith("You are annotating"):
+            seen.append(seed); return "high quality, harmless"   # no tags: never parses
+        return toy_answer(p, seed)
+    with pytest.raises(M.EmptyResultError, match="quality_parse"):
+        M.mine(segs, FakeLLM(bad_quality), min_tokens=20, min_posts=1, retries=2, llm_clean=False)
+    assert sorted(set(seen)) == [0, 1, 2]                        # first try + 2 retries with new seeds
+
+
+def test_empty_result_names_the_filter(tmp_path):
+    segs = M.read_blog_corpus(_blog_dir(tmp_path))
+    with pytest.raises(M.EmptyResultError, match="Step 'min_tokens' removed all"):
+        M.prefilter(segs, min_tokens=10_000)
+    with pytest.raises(M.EmptyResultError, match="first_person"):
+        M.prefilter(segs.assign(text="He went there and she came back " * 10), min_tokens=5)
+
+
+@pytest.mark.skipif(not has_data("openpsychometrics/itemsgen/data.csv"), reason="shared openpsychometrics data absent")
+def test_itemsgen_deterministic_chain(tmp_path):
+    out, funnel = M.mine_cli(None, tmp_path / "authors.jsonl", source="itemsgen", deterministic_only=True, verbose=False)
+    recs, prov = load_artifact(out)
+    fr = funnel.df.set_index("step")
+    assert fr.loc["read", "in"] == 8166
+    assert fr.loc["min_posts", "out"] == len(recs) > 2000
+    assert all(r["n_posts"] == 3 for r in recs)
+    assert prov["params"]["min_posts"] == 3 and prov["params"]["dedup_scope"] == "author"
+
+
+@pytest.mark.skipif(not has_data("openpsychometrics/SENTANCES1/data1.csv"), reason="shared openpsychometrics data absent")
+def test_sentences1_reader():
+    s = M.read_sentences1()
+    assert set(s.stem) == {"S1", "S2", "S3", "S4", "S5", "S6"}
+    assert s.text.str.contains(r"\b(?:I|me|my)\b").all()
+    assert s[M.TRAIT_COLUMNS].notna().all().all()
+
+
+def test_critic_cli(tmp_path):
+    pers = pd.DataFrame({"id": ["a", "b"], "text": ["The user teaches math.", "The user lives in Paris."],
+                         "source_text": ["I teach math.", "I teach math."]})
+    def critic(p, seed):
+        s = {d: {"score": 9, "reason": "ok"} for d in DIMENSIONS}
+        if "Paris" in p.split("Persona:")[1]: s["hallucination"] = {"score": 2, "reason": "invented"}
+        return json.dumps(s)
+    out, rep = critic_cli(save_artifact(pers, tmp_path / "p.jsonl"), tmp_path / "k.parquet", FakeLLM(critic), verbose=False)
+    df, prov = load_artifact(out)
+    assert df.id.tolist() == ["a"] and rep["filtered_fraction"] == 0.5
+    assert df.reason_overall.iloc[0] == "ok" and prov["prompt_hashes"]["critic"] == text_hash(M.PROMPTS["critic"])
+
+
+def test_import_cli_layouts(tmp_path):
+    files = _toy_persona_files(tmp_path / "in")
+    layouts = {k: import_cli(p, tmp_path / f"{k}.jsonl")[1]["layout"] for k, p in files.items()}
+    assert layouts == {"personahub": "personahub", "nemotron": "nemotron", "tulu": "tulu", "generic": "generic"}
+    nem = read_personas(files["nemotron"])
+    assert {"sex", "age", "occupation"} <= set(nem.columns)
+
+
+def test_with_popalign_llm_scripted_backend(tmp_path):
+    "The chain runs on popalign.llm's scripted backend (chat-template rendering, derived seeds, describe())."
+    llm_mod = pytest.importorskip("popalign.llm")
+    def fn(prompt, seed):
+        if "You are cleaning" in prompt: return "<clean>" + prompt.split('"""')[1].strip() + "</clean>"
+        if "You are annotating" in prompt: return "<quality>high</quality><harmless>yes</harmless>"
+        if "Below are texts" in prompt:
+            words = prompt.split('"""')[1].split()
+            return json.dumps({"persona": "The user writes about daily life.", "evidence": [" ".join(words[:8])]})
+        return ""
+    llm = llm_mod.load_llm("scripted", responses=fn)
+    out, funnel = M.mine_cli(_blog_dir(tmp_path), tmp_path / "p.jsonl", llm=llm, min_tokens=20, min_posts=1, verbose=False)
+    recs, prov = load_artifact(out)
+    assert len(recs) == 2 and '"backend": "scripted"' in prov["llm"]
+    assert any("<|im_start|>" in p for _, p in llm.calls)   # prompts went through the chat template
