@@ -43,3 +43,35 @@ def test_fig_reference_writes_png_and_csv(tmp_path):
     # the floor shrinks with n for a consistent metric such as AMW
     amw = floor[floor.metric == "AMW"].set_index("n")["mean"]
     assert amw[400] < amw[100]
+
+
+def test_respond_then_align_with_scripted_backend(tmp_path):
+    "respond → align through the command line, on the deterministic scripted backend and psych::bfi."
+    people = [f"Person {i} is a {20 + i}-year-old who likes {'parties' if i % 2 else 'quiet evenings'}." for i in range(40)]
+    (tmp_path/"p.txt").write_text("\n".join(people))
+    run("respond", str(tmp_path/"p.txt"), "--instrument", "bfi25", "--out", str(tmp_path/"r.npz"), "--backend", "scripted",
+        "--no-cache")
+    assert (tmp_path/"r.npz").exists()
+    out = run("align", str(tmp_path/"r.npz"), "--reference", "bfi", "-n", "10", "--out", str(tmp_path/"sel.csv")).stdout
+    sel = pd.read_csv(tmp_path/"sel.csv")
+    assert len(sel) == 10 and sel["row"].nunique() == 10 and "floor" in out
+    assert (tmp_path/"sel_metrics.csv").exists()
+
+
+def test_deid_removes_an_email(tmp_path):
+    (tmp_path/"in.jsonl").write_text('{"id": "a", "text": "Maya writes to maya.k@example.org about her garden."}\n')
+    run("deid", str(tmp_path/"in.jsonl"), "--out", str(tmp_path/"out.jsonl"), "--no-llm")
+    text = (tmp_path/"out.jsonl").read_text()
+    assert "maya.k@example.org" not in text and "garden" in text
+
+
+def test_synth_template_pool(tmp_path):
+    run("synth", "-n", "12", "--out", str(tmp_path/"s.jsonl"), "--no-llm", "--seed", "3")
+    lines = (tmp_path/"s.jsonl").read_text().splitlines()
+    assert len(lines) == 13   # provenance header + 12 personas
+
+
+@pytest.mark.skipif(not (ROOT.parent/"shared"/"data"/"openpsychometrics"/"itemsgen").exists(), reason="../shared/data not present")
+def test_mine_rule_steps_on_itemsgen(tmp_path):
+    out = run("mine", "--source", "itemsgen", "--out", str(tmp_path/"m.jsonl"), "--no-llm", "--limit-authors", "30").stdout
+    assert (tmp_path/"m.jsonl").exists() and "first_person" in out
