@@ -52,7 +52,10 @@ def _read_table(path:Path, limit:int|None=None)->pd.DataFrame:
     elif suf in (".csv", ".tsv"):
         df = pd.read_csv(path, sep="\t" if suf == ".tsv" else ",", nrows=limit)
     elif suf == ".parquet": df = pd.read_parquet(path)
-    else: raise ValueError(f"Unknown persona file type '{suf}' ({path}); use .jsonl, .json, .csv, .tsv or .parquet.")
+    elif suf == ".txt":
+        lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        df = pd.DataFrame({"text": lines})  # a plain list of personas: the generic layout
+    else: raise ValueError(f"Unknown persona file type '{suf}' ({path}); use .jsonl, .json, .csv, .tsv, .parquet or .txt.")
     return df if limit is None else df.head(limit)
 
 def detect_layout(columns:Iterable[str])->str:
@@ -79,6 +82,7 @@ def read_personas(path:str|Path,          # file or folder of shards
                   text_fields:Iterable[str]|None=None, # nemotron: narrative fields joined into the text
                   keep:Iterable[str]|None=None, # metadata columns to keep (default: every scalar column)
                   limit:int|None=None,    # read at most this many rows
+                  prefix_ids:bool=True,   # ids as "source:id" (False: the file's own ids, as `popalign respond` keeps them)
                  )->pd.DataFrame:         # id, text, source, text_kind, metadata...
     "Read an existing persona set into a persona table (id, text, source, metadata)."
     path = Path(path)
@@ -118,7 +122,7 @@ def read_personas(path:str|Path,          # file or folder of shards
            else df["uuid"].astype(str) if "uuid" in df else pd.Series(np.arange(len(df)).astype(str)))
     if id_col is not None and id_col not in df: raise ValueError(f"id_col '{id_col}' is not a column of {path}.")
     src = source or (layout if layout != "generic" else path.stem)
-    out = pd.DataFrame({"id": [f"{src}:{i}" for i in ids], "text": text.astype(object).where(text.notna(), None),
+    out = pd.DataFrame({"id": [f"{src}:{i}" if prefix_ids else str(i) for i in ids], "text": text.astype(object).where(text.notna(), None),
                         "source": src, "text_kind": kind})
     used = {text_col, id_col, "id", "uuid", "messages", "prompt", "persona", "input persona", "synthesized text"}
     cand = list(keep) if keep is not None else [c for c in df.columns if c not in used and

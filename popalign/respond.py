@@ -19,7 +19,7 @@ from .llm import LLM, load_llm, load_llm_from_settings, Settings, ScriptedLLM
 
 # %% auto #0
 __all__ = ['SYSTEM_TEMPLATE', 'USER_TEMPLATE', 'PREFILL', 'scale_text', 'role_play_prompts', 'ValidMassWarning', 'Responses',
-           'respond', 'parse_likert', 'synthetic_personas', 'bench_respond', 'read_personas', 'respond_cli']
+           'respond', 'parse_likert', 'synthetic_personas', 'bench_respond', 'respond_cli']
 
 # %% ../nbs/05_respond.ipynb #b7b4d291
 SYSTEM_TEMPLATE = ("You are role-playing the person described below. Stay in character: answer every question as this "
@@ -427,19 +427,7 @@ def bench_respond(n_personas:int=4,          # personas
     return df
 
 # %% ../nbs/05_respond.ipynb #1d116588
-def read_personas(path:str|Path)->pd.DataFrame:
-    "Personas from .jsonl/.parquet (popalign artifacts or plain), .csv, or .txt (one persona per line)."
-    p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f"Persona file {p} does not exist.")
-    suf = p.suffix.lower()
-    if suf in (".jsonl", ".parquet"):
-        obj, _ = load_artifact(p)
-        return obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
-    if suf == ".csv": return pd.read_csv(p)
-    if suf == ".txt": return pd.DataFrame({"persona": [l.strip() for l in p.read_text().splitlines() if l.strip()]})
-    raise ValueError(f"Unknown persona file type {suf!r} for {p}; use .jsonl, .parquet, .csv or .txt.")
-
-def respond_cli(personas_path:str|Path,      # persona file (see read_personas)
+def respond_cli(personas_path:str|Path,      # persona file or folder (read by `popalign.importers.read_personas`)
                 instrument:str|Instrument,   # instrument name or spec path
                 out:str|Path,                # output .npz
                 settings:Settings|dict|None=None, # Settings, or a dict of CLI values merged over file + env
@@ -450,12 +438,12 @@ def respond_cli(personas_path:str|Path,      # persona file (see read_personas)
                 **options,                   # further respond() options
                )->Path:
     "Run `respond` from files: read personas, load the backend from settings, save the Responses artifact."
+    from popalign.importers import read_personas  # the one persona reader (notebook 09a); imported here, as it comes later
     s = settings if isinstance(settings, Settings) else Settings.load(cli=settings or {})
-    df = read_personas(personas_path)
-    if limit is not None: df = df.iloc[:int(limit)]
+    df = read_personas(personas_path, text_col=text_column, id_col=id_column, limit=limit, prefix_ids=False)
     llm = load_llm_from_settings(s)
     if mode == "text": options.setdefault("seed", s.seed); options.setdefault("temperature", s.temperature)
-    r = respond(df, instrument, llm, mode=mode, text_column=text_column, id_column=id_column, items=items, verbose=verbose, **options)
+    r = respond(df, instrument, llm, mode=mode, text_column="text", id_column="id", items=items, verbose=verbose, **options)
     r.meta["settings"] = s.to_dict()
     path = r.save(out)
     if verbose:
