@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_llm.ipynb #12052361
 from __future__ import annotations
-import copy, hashlib, importlib.util, json, math, os, re, shutil, sqlite3, threading, time, warnings
+import copy, functools, hashlib, importlib.util, json, math, os, re, shutil, sqlite3, threading, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,6 +28,7 @@ PLAIN_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'system
                   "{% endif %}{% endfor %}")
 
 _JINJA_ENV = None
+@functools.lru_cache(maxsize=64)     # compiling a template costs 2-4 ms: once per template, not once per prompt
 def _jinja_template(template:str):
     global _JINJA_ENV
     if _JINJA_ENV is None:
