@@ -20,7 +20,7 @@ __all__ = ['DIMENSIONS', 'parse_critic', 'words', 'critique', 'critic_report', '
 DIMENSIONS = ("hallucination", "coverage", "conciseness", "relevance", "overall")
 
 def parse_critic(answer:str, i=None)->dict:
-    "{dim: (score, reason)} for the five dimensions; ValueError unless every score is an integer in 1..10."
+    "{dim: (score, reason)} for the five dimensions; ValueError unless every score is an integer in 1..10 and no reason is the template's '...'."
     o = json_object(answer)
     out = {}
     for d in DIMENSIONS:
@@ -31,6 +31,8 @@ def parse_critic(answer:str, i=None)->dict:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or float(s) != int(s):
             raise ValueError(f"score of '{d}' must be an integer; got {s!r}")
         if not 1 <= int(s) <= 10: raise ValueError(f"score of '{d}' must be in 1..10; got {s}")
+        if isinstance(r, str) and r.strip() in ("...", "…"):   # the prompt's placeholder: a copy of the format, not a judgement
+            raise ValueError(f"reason of '{d}' is the template placeholder '...'")
         out[d] = (int(s), str(r) if r is not None else "")
     return out
 
@@ -48,6 +50,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
              allow_no_source:bool=False, # score without a source (hallucination then cannot be judged)
              max_source_chars:int=12000, # truncate the source in the prompt
              retries:int=2, max_tokens:int=400, seed:int=0, batch_size:int=16, verbose:bool=False,
+             prefill:str="",             # start of the answer, e.g. popalign.mine.PREFILLS["critic"]; the parser sees prefill + answer
             )->pd.DataFrame:             # personas + score_<dim>, reason_<dim>, critic_ok, critic_fail
     "Score personas on the five critic dimensions (`PROMPTS['critic']`) and mark those that meet the thresholds."
     if "text" not in personas: raise ValueError(f"personas need a 'text' column; got {list(personas.columns)}.")
@@ -59,7 +62,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
     prompts = [render("critic", source=s, persona=p) for s, p in zip(sources, personas["text"].astype(str))]
     vals, ok, errors = ask(llm, prompts, parse_critic, max_tokens=max_tokens, retries=retries, seed=seed,
-                           batch_size=batch_size, verbose=verbose, desc="critic")
+                           batch_size=batch_size, verbose=verbose, desc="critic", prefill=prefill)
     out = personas.copy()
     for d in DIMENSIONS:
         out[f"score_{d}"] = pd.array([v[d][0] if o else pd.NA for v, o in zip(vals, ok)], dtype="Int64")

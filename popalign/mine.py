@@ -14,15 +14,17 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import find_data, has_data, text_hash, provenance, save_artifact, load_artifact
+from .reference import _decode_utf7
 
 # %% auto #0
-__all__ = ['PROMPTS', 'BLOG_NAME', 'GENDER_CODES', 'SENTENCE_STEMS', 'SENTENCE_TEMPLATES', 'TRAIT_COLUMNS', 'BUILTIN_SOURCES',
-           'READERS', 'FIRST_PERSON', 'CHAIN_DEFAULTS', 'llm_clean_step', 'EmptyResultError', 'Funnel', 'render',
-           'prompt_hashes', 'ask', 'json_object', 'read_blog_corpus', 'read_blog_csv', 'read_itemsgen',
-           'render_completion', 'read_sentences1', 'read_jsonl_corpus', 'read_corpus', 'clean_text', 'rule_clean',
-           'count_tokens', 'has_first_person', 'filter_segments', 'dedup', 'drop_small_authors', 'chain_options',
-           'prefilter', 'parse_clean', 'llm_clean', 'parse_quality', 'llm_quality', 'aggregate_authors',
-           'evidence_scores', 'parse_persona', 'llm_persona', 'mine', 'fingerprint', 'describe_llm', 'mine_cli']
+__all__ = ['PROMPTS', 'PREFILLS', 'BLOG_NAME', 'GENDER_CODES', 'SENTENCE_STEMS', 'SENTENCE_TEMPLATES', 'TRAIT_COLUMNS',
+           'BUILTIN_SOURCES', 'READERS', 'FIRST_PERSON', 'CHAIN_DEFAULTS', 'llm_clean_step', 'EmptyResultError',
+           'Funnel', 'render', 'prompt_hashes', 'ask', 'json_object', 'read_blog_corpus', 'read_blog_csv',
+           'read_itemsgen', 'render_completion', 'read_sentences1', 'read_jsonl_corpus', 'read_corpus', 'clean_text',
+           'rule_clean', 'count_tokens', 'has_first_person', 'filter_segments', 'dedup', 'drop_small_authors',
+           'chain_options', 'prefilter', 'parse_clean', 'llm_clean', 'parse_quality', 'llm_quality',
+           'aggregate_authors', 'evidence_scores', 'parse_persona', 'llm_persona', 'mine', 'fingerprint',
+           'describe_llm', 'mine_cli']
 
 # %% ../nbs/06_mine.ipynb #e0b19c92
 class EmptyResultError(ValueError):
@@ -65,8 +67,8 @@ Post:
 "quality": '''You are annotating a personal text for a persona-mining pipeline.
 quality: high = it shows the author's own experiences, emotions, opinions, habits or social behaviour with some depth; medium = personal but thin or generic; low = boilerplate, advertising, quizzes, lists, chain letters, copied text, or nothing personal.
 harmless: yes = no hate speech, harassment, sexual content involving minors, graphic violence, instructions for harm, or exposure of other people's private information; no = otherwise.
-Answer in exactly this format and nothing else:
-<quality>high|medium|low</quality><harmless>yes|no</harmless>
+Answer in exactly this format and nothing else, with LEVEL replaced by one of high, medium, low and ANSWER by one of yes, no:
+<quality>LEVEL</quality><harmless>ANSWER</harmless>
 
 Text:
 """
@@ -121,6 +123,9 @@ Persona:
 """''',
 }
 
+PREFILLS = {"clean": "<clean>", "quality": "<quality>", "persona": '{"persona":', "critic": '{"hallucination": {"score":',
+            "pii_detect": "", "pii_spans": '{"spans": ['}
+
 def render(name:str, # a key of `PROMPTS`
            **fields, # values for the template's {placeholders}
           )->str:
@@ -134,12 +139,13 @@ def prompt_hashes(names:Iterable[str]|None=None)->dict[str, str]:
 
 # %% ../nbs/06_mine.ipynb #093b01cd
 def _generate(llm, prompts:list[str], max_tokens:int, temperature:float, seed:int, batch_size:int,
-              verbose:bool=False, desc:str="llm")->list[str]:
+              verbose:bool=False, desc:str="llm", prefill:str="")->list[str]:
     if not hasattr(llm, "generate"):
         raise TypeError(f"llm must have a generate(prompts, max_tokens=, temperature=, seed=, stop=) method; "
                         f"got {type(llm).__name__}. Load one with popalign.llm.load_llm(...).")
     fmt = getattr(llm, "format_chat", None)  # popalign.llm objects take chat-rendered prompts
-    if callable(fmt): prompts = [fmt(None, p) for p in prompts]
+    if callable(fmt): prompts = [fmt(None, p, prefill) for p in prompts]
+    elif prefill: prompts = [p + prefill for p in prompts]   # plain completion objects: the prefill ends the prompt
     out = []
     for s in tqdm(range(0, len(prompts), batch_size), disable=not verbose, desc=desc, leave=False):
         chunk = prompts[s:s + batch_size]
@@ -160,6 +166,7 @@ def ask(llm,                       # object with `generate(prompts, max_tokens, 
         batch_size:int=32,         # prompts per `generate` call
         verbose:bool=False,        # progress bar
         desc:str="llm",            # progress-bar label
+        prefill:str="",            # start of the assistant's answer (e.g. '{"persona":'); the parser sees prefill + answer
        )->tuple[list, list[bool], list[str|None]]: # (values, ok, last error per prompt)
     "Ask, parse strictly, re-ask the unparsable answers; failures stay failures (`ok=False`, value None)."
     n = len(prompts)
@@ -169,10 +176,10 @@ def ask(llm,                       # object with `generate(prompts, max_tokens, 
         if not todo: break
         answers = _generate(llm, [prompts[i] for i in todo], max_tokens,
                             temperature if attempt == 0 else retry_temperature, seed + attempt, batch_size,
-                            verbose, f"{desc} (retry {attempt})" if attempt else desc)
+                            verbose, f"{desc} (retry {attempt})" if attempt else desc, prefill)
         nxt = []
         for i, a in zip(todo, answers):
-            try: values[i], ok[i], errors[i] = parse(a, i), True, None
+            try: values[i], ok[i], errors[i] = parse(prefill + a, i), True, None
             except (ValueError, TypeError, KeyError) as e:
                 errors[i] = f"{type(e).__name__}: {e}"; nxt.append(i)
         todo = nxt
@@ -314,6 +321,8 @@ def read_itemsgen(path:str|Path|None=None, # data.csv; default: openpsychometric
     long = d.melt(id_vars=["author_id", "_row"], value_vars=["item1", "item2", "item3"], var_name="item", value_name="text")
     long = long.sort_values(["_row", "item"], kind="stable")
     long["text"] = long["text"].astype("string").str.strip()
+    dec, n_utf7 = _decode_utf7(long["text"].astype(object))   # the file has UTF-7 escapes such as "self+AC0-worth"
+    long["text"] = pd.Series(dec, index=long.index, dtype="string")
     empty = long["text"].isna() | long["text"].eq("")
     long = long[~empty]
     long["segment_id"] = long["author_id"] + "#" + long["item"]
@@ -322,7 +331,8 @@ def read_itemsgen(path:str|Path|None=None, # data.csv; default: openpsychometric
     out = out.reset_index(drop=True)
     out["text"] = out["text"].astype(object)
     out.attrs["skipped"] = {k: v for k, v in {"empty statement": int(empty.sum()),
-                            "impossible age (set missing)": int(meta["age"].isna().sum() - d["age"].isna().sum())}.items() if v}
+                            "impossible age (set missing)": int(meta["age"].isna().sum() - d["age"].isna().sum()),
+                            "UTF-7 escapes decoded": int(n_utf7)}.items() if v}
     out.attrs["skipped_files"] = []
     return out
 
@@ -577,11 +587,12 @@ def parse_clean(answer:str, source:str|None=None, max_growth:float=1.2)->str:
     return t
 
 def llm_clean(df:pd.DataFrame, llm, retries:int=2, max_tokens:int=1024, seed:int=0, batch_size:int=32,
-              funnel:Funnel|None=None, verbose:bool=False)->pd.DataFrame:
+              funnel:Funnel|None=None, verbose:bool=False, prefill:str="")->pd.DataFrame:
     "LLM cleaning (`PROMPTS['clean']`): non-English and other noise removed, tone kept; failures and EMPTY dropped."
     texts = df["text"].tolist()
     vals, ok, _ = ask(llm, [render("clean", text=t) for t in texts], lambda a, i: parse_clean(a, texts[i]),
-                      max_tokens=max_tokens, retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="clean")
+                      max_tokens=max_tokens, retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="clean",
+                      prefill=prefill)
     ok = np.array(ok); n0 = len(df)
     _step(funnel, "clean_parse", n0, int(ok.sum()), f"clean answer did not parse after {retries} retries", hint="Check the LLM's answers.")
     vals = pd.Series(vals, index=df.index)
@@ -592,18 +603,19 @@ def llm_clean(df:pd.DataFrame, llm, retries:int=2, max_tokens:int=1024, seed:int
 
 # %% ../nbs/06_mine.ipynb #6c6e5d41
 def parse_quality(answer:str, i=None)->tuple[str, bool]:
-    "(quality, harmless) from '<quality>high|medium|low</quality><harmless>yes|no</harmless>'; ValueError otherwise."
+    "(quality, harmless) from '<quality>LEVEL</quality><harmless>ANSWER</harmless>'; ValueError otherwise."
     q = re.search(r"<quality>\s*(high|medium|low)\s*</quality>", answer, re.I)
     h = re.search(r"<harmless>\s*(yes|no)\s*</harmless>", answer, re.I)
     if not q or not h: raise ValueError("missing <quality> or <harmless> tag")
     return q.group(1).lower(), h.group(1).lower() == "yes"
 
 def llm_quality(df:pd.DataFrame, llm, keep_quality:Iterable[str]=("high",), require_harmless:bool=True, retries:int=2,
-                max_tokens:int=32, seed:int=0, batch_size:int=32, funnel:Funnel|None=None, verbose:bool=False)->pd.DataFrame:
+                max_tokens:int=32, seed:int=0, batch_size:int=32, funnel:Funnel|None=None, verbose:bool=False,
+                prefill:str="")->pd.DataFrame:
     "Tag quality (high/medium/low) and harmlessness with `PROMPTS['quality']`; keep `keep_quality` and harmless."
     keep_quality = tuple(keep_quality)
     vals, ok, _ = ask(llm, [render("quality", text=t) for t in df["text"]], parse_quality, max_tokens=max_tokens,
-                      retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="quality")
+                      retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="quality", prefill=prefill)
     ok = np.array(ok); n0 = len(df)
     _step(funnel, "quality_parse", n0, int(ok.sum()), f"quality answer did not parse after {retries} retries", hint="Check the LLM's answers.")
     df = df[ok].assign(quality=[v[0] for v, o in zip(vals, ok) if o], harmless=[v[1] for v, o in zip(vals, ok) if o])
@@ -678,11 +690,12 @@ def llm_persona(authors:pd.DataFrame,     # from `aggregate_authors`
                 min_evidence:int=1,       # minimum number of quotes
                 retries:int=2, max_tokens:int=400, seed:int=0, batch_size:int=16,
                 funnel:Funnel|None=None, verbose:bool=False,
+                prefill:str="",           # start of the answer, e.g. PREFILLS["persona"]
                )->pd.DataFrame:           # personas: id, text, source, source_id, evidence, evidence_scores, ... , source_text
     "Persona per author (`PROMPTS['persona']`), NULL when unsupported; personas whose evidence is not found are rejected."
     src = authors["text"].tolist()
     vals, ok, _ = ask(llm, [render("persona", text=t) for t in src], parse_persona, max_tokens=max_tokens,
-                      retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="persona")
+                      retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="persona", prefill=prefill)
     n0 = len(authors); okn = int(sum(ok))
     _step(funnel, "persona_parse", n0, okn, f"persona answer did not parse after {retries} retries", unit="authors",
           hint="Check the LLM's answers.")
@@ -716,16 +729,18 @@ def mine(segments:pd.DataFrame,        # segment table from a reader
          match_threshold:float=90, min_evidence:int=1,
          retries:int=2,                # re-asks of unparsable LLM answers
          seed:int=0, batch_size:int=32, verbose:bool=False,
+         prefills:dict|None=None,      # answer prefills per step (clean/quality/persona), e.g. PREFILLS; None: none
         )->tuple[pd.DataFrame, Funnel]:  # (personas, funnel)
     "Section 3.1 mining chain: deterministic filters, LLM clean, quality tags, per-author aggregation, evidence-checked persona."
     df, funnel = prefilter(segments, min_tokens=min_tokens, first_person=first_person, dedup_scope=dedup_scope,
                            near_threshold=near_threshold, min_posts=min_posts, seed=seed, verbose=verbose)
     kw = dict(retries=retries, seed=seed, batch_size=batch_size, funnel=funnel, verbose=verbose)
-    if llm_clean: df = llm_clean_step(df, llm, **kw)
-    df = llm_quality(df, llm, keep_quality=keep_quality, require_harmless=require_harmless, **kw)
+    pf = dict(prefills or {})
+    if llm_clean: df = llm_clean_step(df, llm, prefill=pf.get("clean", ""), **kw)
+    df = llm_quality(df, llm, keep_quality=keep_quality, require_harmless=require_harmless, prefill=pf.get("quality", ""), **kw)
     authors = aggregate_authors(df, min_posts=min_posts, max_chars=max_chars, funnel=funnel)
     personas = llm_persona(authors, llm, match_threshold=match_threshold, min_evidence=min_evidence,
-                           **{**kw, "batch_size": max(1, batch_size // 2)})
+                           prefill=pf.get("persona", ""), **{**kw, "batch_size": max(1, batch_size // 2)})
     return personas, funnel
 
 # %% ../nbs/06_mine.ipynb #8535f46c
@@ -808,7 +823,7 @@ def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl);
         out = aggregate_authors(df, min_posts=opts["min_posts"], max_chars=opts.get("max_chars", 12000), funnel=funnel)
     else:
         llm_opts = {k: v for k, v in opts.items() if k in ("min_tokens", "first_person", "dedup_scope", "near_threshold", "min_posts",
-                    "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence")}
+                    "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence", "prefills")}
         out, funnel = mine(segments, llm, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose, **llm_opts)
     prov = provenance(seed=seed, params=params, stage="mine", input=str(input) if input else source, input_fingerprint=fp,
                       prompt_hashes=prompt_hashes(["clean", "quality", "persona"]), llm=describe_llm(llm),

@@ -284,16 +284,18 @@ def parse_pii_spans(answer:str, i=None)->list[tuple[str, str]]:
         out.append((s["text"].strip(), str(s.get("type", "PERSON")).upper()))
     return out
 
-def _llm_spans(texts, llm, retries, seed, batch_size, verbose):
+def _llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills=None):
     "Detector then span lister; returns (spans per text, counts)."
+    pf = dict(prefills or {})
     flags, ok, _ = ask(llm, [render("pii_detect", text=t) for t in texts], parse_yes_no, max_tokens=4, retries=retries,
-                       seed=seed, batch_size=batch_size, verbose=verbose, desc="pii detect")
+                       seed=seed, batch_size=batch_size, verbose=verbose, desc="pii detect", prefill=pf.get("pii_detect", ""))
     idx = [i for i, (f, o) in enumerate(zip(flags, ok)) if o and f]
     res = [[] for _ in texts]
     cnt = dict(llm_detect_failed=len(texts) - sum(ok), llm_flagged=len(idx), llm_spans_failed=0, llm_span_not_found=0)
     if not idx: return res, cnt
     sps, ok2, _ = ask(llm, [render("pii_spans", text=texts[i]) for i in idx], parse_pii_spans, max_tokens=512, retries=retries,
-                      seed=seed, batch_size=batch_size, verbose=verbose, desc="pii spans")
+                      seed=seed, batch_size=batch_size, verbose=verbose, desc="pii spans",
+                      prefill=pf.get("pii_spans", ""))
     for i, sp, o in zip(idx, sps, ok2):
         if not o: cnt["llm_spans_failed"] += 1; continue
         for s, typ in sp:
@@ -310,13 +312,14 @@ def deidentify(texts:Iterable[str],    # texts to clean
                types:Iterable[str]=ENTITY_TYPES, # entity types to replace
                model:str=DEFAULT_MODEL,# spaCy pipeline for the NER layer
                retries:int=2, batch_size:int=32, verbose:bool=False,
+               prefills:dict|None=None,# answer prefills of the LLM layer ('pii_detect', 'pii_spans'), e.g. popalign.mine.PREFILLS
               )->tuple[list[str], DeidReport]: # (cleaned texts, per-text replacements)
     "Replace PII spans (rules + NER, plus the LLM layer when `llm` is given) by fictitious values; the rest of each text is unchanged."
     texts = [str(t) for t in texts]
     types = set(types)
     bad = types - set(ENTITY_TYPES)
     if bad: raise ValueError(f"Unknown types {sorted(bad)}; known: {ENTITY_TYPES}.")
-    extra, cnt = (_llm_spans(texts, llm, retries, seed, batch_size, verbose) if llm is not None else ([[] for _ in texts], {}))
+    extra, cnt = (_llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills) if llm is not None else ([[] for _ in texts], {}))
     cleaned, report = [], DeidReport()
     for i, t in enumerate(tqdm(texts, disable=not verbose, desc="deidentify")):
         spans = resolve([s for s in rule_spans(t) + ner_spans(t, model) + extra[i] if s.type in types])
