@@ -28,7 +28,7 @@ PLAIN_TEMPLATE = ("{% for message in messages %}{% if message['role'] == 'system
                   "{% endif %}{% endfor %}")
 
 _JINJA_ENV = None
-@functools.lru_cache(maxsize=64)     # compiling a template costs 2-4 ms: once per template, not once per prompt
+@functools.lru_cache(maxsize=64)     # compiling a template costs ~1.6 ms: once per template, not once per prompt
 def _jinja_template(template:str):
     global _JINJA_ENV
     if _JINJA_ENV is None:
