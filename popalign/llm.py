@@ -1104,12 +1104,13 @@ BACKENDS = {"transformers": TransformersLLM, "vllm": VLLMLLM, "openai": OpenAILL
 _ALIASES = {"hf": "transformers", "torch": "transformers", "llama.cpp": "llamacpp", "llama_cpp": "llamacpp",
             "openai-compatible": "openai", "server": "openai", "fake": "scripted"}
 
-def load_llm(backend:str|LLM="transformers", # transformers | vllm | openai | llamacpp | scripted (or an LLM, returned as is)
+def load_llm(backend:str|LLM|None="transformers", # transformers | vllm | openai | llamacpp | scripted (an LLM: returned as is; None: transformers)
              model:str|Path|None=None,        # model path / name; None: the embedded default (openai: the server's first model)
              **options,                       # backend options (see each class), e.g. cache=False, device="cuda"
             )->LLM:
     "An LLM backend by name; `load_llm()` is the embedded SmolLM2-135M-Instruct on CPU (CUDA when present)."
     if isinstance(backend, LLM): return backend
+    if backend is None: backend = "transformers"
     name = _ALIASES.get(str(backend).lower(), str(backend).lower())
     if name not in BACKENDS: raise ValueError(f"Unknown backend {backend!r}; choose one of {sorted(BACKENDS)}.")
     if name == "scripted":

@@ -237,9 +237,9 @@ def respond(personas,                        # list of persona texts, a Series, 
            )->Responses:
     "Ask every persona every item through the role-play prompt; answers as probabilities over the options."
     if mode not in ("likert", "text"): raise ValueError(f"mode must be 'likert' or 'text'; got {mode!r}.")
-    ins = load_instrument(instrument) if isinstance(instrument, str) else instrument
+    ins = load_instrument(instrument)
     if not isinstance(ins, Instrument): raise TypeError(f"instrument must be an Instrument or a name; got {type(instrument).__name__}.")
-    llm = load_llm(llm) if (llm is None or isinstance(llm, str)) else llm
+    llm = load_llm(llm)
     texts, ids = _as_personas(personas, text_column, id_column)
     its = _check_items(ins, items)
     options = [str(o) for o in ins.options]

@@ -147,8 +147,8 @@ def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for lo
     "Do opposite personas move a model's answers in the keyed direction? Per-trait fractions and separations."
     if items not in ("matching", "all"): raise ValueError(f"items must be 'matching' or 'all'; got {items!r}.")
     if view not in ("expected", "argmax"): raise ValueError(f"view must be 'expected' or 'argmax'; got {view!r}.")
-    ins = load_instrument(instrument) if isinstance(instrument, str) else instrument
-    llm = load_llm(llm) if (llm is None or isinstance(llm, str)) else llm
+    ins = load_instrument(instrument)
+    llm = load_llm(llm)
     P = _pair_table(pairs)
     bad = sorted(set(P.trait) - set(ins.traits))
     if bad: raise ValueError(f"Pairs for trait(s) {bad} cannot be scored with {ins.name}, whose traits are {ins.traits}.")
@@ -303,8 +303,8 @@ def individual_validity(llm:LLM|str|None,           # a backend (None: the embed
                         **respond_options,          # passed to `respond`
                        )->Validity:
     "Each person's persona answers the instrument; r per trait between their scored answers and their true scores."
-    ins = load_instrument(instrument) if isinstance(instrument, str) else instrument
-    llm = load_llm(llm) if (llm is None or isinstance(llm, str)) else llm
+    ins = load_instrument(instrument)
+    llm = load_llm(llm)
     people = _subsample(sentences1_people() if people is None else people, n, seed)
     miss = [t for t in ins.traits if t not in people.columns] + (["persona"] if "persona" not in people.columns else [])
     if miss: raise ValueError(f"people lacks column(s) {miss}; it needs 'persona' and the true scores of {ins.traits}.")
@@ -322,8 +322,8 @@ def no_persona_reference(llm:LLM|str|None,         # a backend
                          view:str="expected", **respond_options,
                         )->Validity:
     "The 'no persona' reference: one neutral persona answers for everyone, so r is undefined (NaN, 0 by construction)."
-    ins = load_instrument(instrument) if isinstance(instrument, str) else instrument
-    llm = load_llm(llm) if (llm is None or isinstance(llm, str)) else llm
+    ins = load_instrument(instrument)
+    llm = load_llm(llm)
     R = respond([persona], ins, llm, **respond_options)
     s = R.scores(view).iloc[0]
     S = pd.DataFrame([s.to_numpy()] * len(people), columns=s.index, index=people["person"] if "person" in people.columns else people.index)
