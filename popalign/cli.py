@@ -113,6 +113,15 @@ def build_parser()->argparse.ArgumentParser:
         g.add_argument("--no-cache", dest="no_cache", action="store_true", default=None, help="do not use the response cache")
         if not required: g.add_argument("--no-llm", action="store_true", help="rule/template steps only, no model")
 
+    def answer_args(q, what):
+        g = q.add_argument_group("how the LLM answers closed questions")
+        g.add_argument("--answer", default="generate", choices=["generate", "choice"],
+                       help=f"{what}: generate = write the answer, parsed strictly and retried (the papers' way; needs a capable "
+                            "model); choice = score every allowed answer and take the likeliest (never fails to parse; "
+                            "use it with small local models such as the embedded one)")
+        g.add_argument("--prefill", action="store_true", help="start each generated answer with its format "
+                       "(popalign.mine.PREFILLS, e.g. '{\"persona\":'); helps small models keep the format")
+
     pr = sub.add_parser("respond", help="personas answer an instrument (option probabilities), cached and resumable",
                         description="Each persona answers every item of the instrument through the role-play prompt; "
                                     "answers are probabilities over the scale options. Writes an .npz artifact.",
@@ -146,6 +155,7 @@ def build_parser()->argparse.ArgumentParser:
     pm_.add_argument("--out", required=True, help="persona file (.jsonl or .parquet)")
     pm_.add_argument("--limit-authors", type=int, default=None, help="only the first N authors")
     pm_.add_argument("--seed", type=int, default=0)
+    answer_args(pm_, "the quality tags")
     llm_args(pm_)
 
     pc = sub.add_parser("critic", help="score personas 1-10 on five criteria and keep the good ones",
@@ -153,6 +163,7 @@ def build_parser()->argparse.ArgumentParser:
     pc.add_argument("input", help="persona file from `popalign mine`")
     pc.add_argument("--out", required=True)
     pc.add_argument("--min-overall", type=int, default=8); pc.add_argument("--min-other", type=int, default=7)
+    answer_args(pc, "the five scores (choice: one question per dimension, no reasons)")
     llm_args(pc, required=True)
 
     pdd = sub.add_parser("deid", help="remove PII (names, addresses, emails, phones, bank/card numbers)",
@@ -160,6 +171,7 @@ def build_parser()->argparse.ArgumentParser:
                                      "only the sensitive spans change.")
     pdd.add_argument("input", help="persona file"); pdd.add_argument("--out", required=True)
     pdd.add_argument("--text-col", default="text")
+    answer_args(pdd, "the LLM PII detector (yes/no)")
     llm_args(pdd)
 
     ps = sub.add_parser("synth", help="synthesize personas (DeepPersona: taxonomy + progressive attribute sampling)",
@@ -263,23 +275,28 @@ def _cmd_align(a):
     print(res); print(T.round(4).to_string()); print(f"wrote: {out}")
     return 0
 
+def _prefills(a)->dict:
+    from popalign.mine import PREFILLS
+    return dict(PREFILLS) if a.prefill else {}
+
 def _cmd_mine(a):
     from popalign.mine import mine_cli
     llm = _llm(a)
     path, funnel = mine_cli(a.input, a.out, llm=llm, source=a.source, deterministic_only=llm is None,
-                            limit_authors=a.limit_authors, seed=a.seed)
+                            limit_authors=a.limit_authors, seed=a.seed, answer=a.answer, prefills=_prefills(a))
     print(funnel); print(f"wrote: {path}")
     return 0
 
 def _cmd_critic(a):
     from popalign.critic import critic_cli
-    path, rep = critic_cli(a.input, a.out, _llm(a), min_overall=a.min_overall, min_other=a.min_other)
+    path, rep = critic_cli(a.input, a.out, _llm(a), min_overall=a.min_overall, min_other=a.min_other, answer=a.answer,
+                           prefill=_prefills(a).get("critic", ""))
     print(rep); print(f"wrote: {path}")
     return 0
 
 def _cmd_deid(a):
     from popalign.privacy import deid_cli
-    path, summary = deid_cli(a.input, a.out, llm=_llm(a), text_col=a.text_col)
+    path, summary = deid_cli(a.input, a.out, llm=_llm(a), text_col=a.text_col, answer=a.answer, prefills=_prefills(a) or None)
     print(summary); print(f"wrote: {path}")
     return 0
 

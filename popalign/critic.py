@@ -11,10 +11,12 @@ import numpy as np
 import pandas as pd
 
 from .core import text_hash, provenance, save_artifact, load_artifact
-from .mine import PROMPTS, render, ask, json_object, prompt_hashes, fingerprint, describe_llm, _done, count_tokens
+from .mine import (PROMPTS, PREFILLS, CRITIC_DEFINITIONS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes,
+                   fingerprint, describe_llm, _done, count_tokens)
 
 # %% auto #0
-__all__ = ['DIMENSIONS', 'parse_critic', 'words', 'critique', 'critic_report', 'critic_cli']
+__all__ = ['DIMENSIONS', 'SCORE_OPTIONS', 'parse_critic', 'critic_prompt_hash', 'words', 'critique', 'critic_report',
+           'critic_cli']
 
 # %% ../nbs/07_critic.ipynb #574755b3
 DIMENSIONS = ("hallucination", "coverage", "conciseness", "relevance", "overall")
@@ -37,6 +39,31 @@ def parse_critic(answer:str, i=None)->dict:
     return out
 
 # %% ../nbs/07_critic.ipynb #36bf2821
+SCORE_OPTIONS = tuple(f"{s}/" for s in range(1, 11))   # "N/" after "Score: ": "1/" and "10/" differ ("1" alone is a prefix of "10")
+
+def critic_prompt_hash(answer:str="generate")->str:
+    "Hash of the critic prompt(s) an answer mode uses (the per-dimension definitions included for 'choice')."
+    if answer == "choice": return text_hash(PROMPTS["critic_score"], json.dumps(CRITIC_DEFINITIONS, sort_keys=True))
+    return text_hash(PROMPTS["critic"])
+
+def _critic_choice(sources:list[str], texts:list[str], llm, verbose:bool):
+    "One constrained question per (persona, dimension); personas whose every score has probability 0 somewhere fail."
+    prompts = [render("critic_score", source=s, persona=p, dimension=d, definition=CRITIC_DEFINITIONS[d])
+               for s, p in zip(sources, texts) for d in DIMENSIONS]          # persona-major: a persona's 5 questions share a prefix
+    idx, probs, mass, ok = choose(llm, prompts, list(SCORE_OPTIONS), prefill=PREFILLS["critic_score"], verbose=verbose)
+    n, k = len(texts), len(DIMENSIONS)
+    idx, probs, mass, ok = idx.reshape(n, k), probs.reshape(n, k, len(SCORE_OPTIONS)), mass.reshape(n, k), ok.reshape(n, k)
+    vals, oks, errors = [], [], []
+    for r in range(n):
+        if ok[r].all(): vals.append({d: (int(idx[r, j]) + 1, None) for j, d in enumerate(DIMENSIONS)}); oks.append(True); errors.append(None)
+        else:
+            vals.append(None); oks.append(False)
+            errors.append("no score has probability > 0 for " + "/".join(d for j, d in enumerate(DIMENSIONS) if not ok[r, j]))
+    scale = np.arange(1, len(SCORE_OPTIONS) + 1)
+    extra = {f"expected_{d}": [float(probs[r, j] @ scale) if ok[r, j] else None for r in range(n)] for j, d in enumerate(DIMENSIONS)}
+    extra["critic_mass"] = [float(m) for m in mass.mean(axis=1)]
+    return vals, oks, errors, extra
+
 def words(text:str)->int:
     "Word count (whitespace-separated)."
     return len(str(text).split())
@@ -50,8 +77,10 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
              allow_no_source:bool=False, # score without a source (hallucination then cannot be judged)
              max_source_chars:int=12000, # truncate the source in the prompt
              retries:int=2, max_tokens:int=400, seed:int=0, batch_size:int=16, verbose:bool=False,
-             prefill:str="",             # start of the answer, e.g. popalign.mine.PREFILLS["critic"]; the parser sees prefill + answer
-            )->pd.DataFrame:             # personas + score_<dim>, reason_<dim>, critic_ok, critic_fail
+             prefill:str="",             # answer="generate": start of the answer, e.g. PREFILLS["critic"]; the parser sees prefill + answer
+             answer:str="generate",      # "generate": one JSON answer with scores and reasons (`PROMPTS['critic']`), parsed strictly;
+                                         # "choice": one question per dimension (`PROMPTS['critic_score']`), likeliest of 1..10, no reasons
+            )->pd.DataFrame:             # personas + score_<dim>, reason_<dim>, critic_ok, critic_fail (+ expected_<dim>, critic_mass)
     "Score personas on the five critic dimensions (`PROMPTS['critic']`) and mark those that meet the thresholds."
     if "text" not in personas: raise ValueError(f"personas need a 'text' column; got {list(personas.columns)}.")
     if source_col not in personas:
@@ -60,15 +89,22 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
                              "when mining (mine_cli keeps it) or pass allow_no_source=True.")
         sources = ["(source text not available)"] * len(personas)
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
-    prompts = [render("critic", source=s, persona=p) for s, p in zip(sources, personas["text"].astype(str))]
-    vals, ok, errors = ask(llm, prompts, parse_critic, max_tokens=max_tokens, retries=retries, seed=seed,
-                           batch_size=batch_size, verbose=verbose, desc="critic", prefill=prefill)
+    if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
+    texts = personas["text"].astype(str).tolist()
+    extra = {}
+    if answer == "choice": vals, ok, errors, extra = _critic_choice(sources, texts, llm, verbose)
+    else:
+        prompts = [render("critic", source=s, persona=p) for s, p in zip(sources, texts)]
+        vals, ok, errors = ask(llm, prompts, parse_critic, max_tokens=max_tokens, retries=retries, seed=seed,
+                               batch_size=batch_size, verbose=verbose, desc="critic", prefill=prefill)
     out = personas.copy()
     for d in DIMENSIONS:
         out[f"score_{d}"] = pd.array([v[d][0] if o else pd.NA for v, o in zip(vals, ok)], dtype="Int64")
         out[f"reason_{d}"] = [v[d][1] if o else None for v, o in zip(vals, ok)]
+    for k, v in extra.items(): out[k] = v
     out["critic_error"] = errors
-    out["critic_prompt_hash"] = text_hash(PROMPTS["critic"])
+    out["critic_answer"] = answer
+    out["critic_prompt_hash"] = critic_prompt_hash(answer)
     fail = []
     for k, (v, o) in enumerate(zip(vals, ok)):
         if not o: fail.append("critic answer did not parse"); continue
@@ -88,7 +124,8 @@ def critic_report(scored:pd.DataFrame)->dict:
     return {"n": n, "parsed": parsed, "parse_failed": n - parsed, "kept": kept,
             "filtered_fraction": (n - kept) / n if n else float("nan"),
             "failed_by": {k: int(v) for k, v in by.value_counts().items()},
-            "mean_scores": {d: float(scored[f"score_{d}"].astype(float).mean()) for d in DIMENSIONS}}
+            "mean_scores": {d: float(scored[f"score_{d}"].astype(float).mean()) for d in DIMENSIONS},
+            "answer": str(scored["critic_answer"].iloc[0]) if n and "critic_answer" in scored else None}
 
 # %% ../nbs/07_critic.ipynb #019a67f7
 def _read_personas(path:Path)->tuple[pd.DataFrame, dict]:
@@ -101,23 +138,27 @@ def critic_cli(input:str|Path,       # persona file (.jsonl/.parquet) with text 
                min_overall:int=8, min_other:int=7, max_words:int|None=100,
                keep_all:bool=False,  # save every persona (with critic_ok) instead of only the kept ones
                allow_no_source:bool=False,
+               answer:str="generate",# "generate" (JSON with reasons) or "choice" (likeliest score per dimension; see `critique`)
+               prefill:str="",       # answer="generate": start of the answer, e.g. popalign.mine.PREFILLS["critic"]
                seed:int=0, retries:int=2, batch_size:int=16,
                overwrite:bool=False, verbose:bool=True,
               )->tuple[Path, dict]:  # (output path, report)
     "Score a persona file with the critic, keep those meeting the thresholds, save with scores and provenance."
     input, output = Path(input), Path(output)
     params = dict(min_overall=min_overall, min_other=min_other, max_words=max_words, keep_all=keep_all,
-                  allow_no_source=allow_no_source, seed=seed, retries=retries)
-    run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input), text_hash(PROMPTS["critic"]), str(describe_llm(llm)))
+                  allow_no_source=allow_no_source, seed=seed, retries=retries, answer=answer, prefill=prefill)
+    run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input), critic_prompt_hash(answer), str(describe_llm(llm)))
     prev = _done(output, run_key)
     if prev is not None and not overwrite: return output, prev["critic_report"]
     personas, in_prov = _read_personas(input)
     scored = critique(personas, llm, min_overall=min_overall, min_other=min_other, max_words=max_words,
-                      allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose)
+                      allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose,
+                      answer=answer, prefill=prefill)
     report = critic_report(scored)
     out = scored if keep_all else scored[scored["critic_ok"]].reset_index(drop=True)
     prov = provenance(seed=seed, params=params, stage="critic", input=str(input), input_fingerprint=fingerprint(input),
-                      prompt_hashes={**in_prov.get("prompt_hashes", {}), **prompt_hashes(["critic"])},
+                      prompt_hashes={**in_prov.get("prompt_hashes", {}),
+                                     **({"critic_score": critic_prompt_hash("choice")} if answer == "choice" else prompt_hashes(["critic"]))},
                       llm=describe_llm(llm), critic_report=report, upstream=in_prov, run_key=run_key)
     save_artifact(out, output, prov)
     return output, report

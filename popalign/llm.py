@@ -506,6 +506,8 @@ class TransformersLLM(_TokenizerMixin, LLM):
         self.scoring, self.batch_size, self.min_shared = scoring, int(batch_size), int(min_shared)
         self._pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.tokens_computed = 0    # real (non-padding) tokens run through the model by scoring, for throughput reports
+        import inspect              # transformers ≥ 5.2x calls the KV cache `cache` (`past_key_values` is deprecated there)
+        self._kv_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _key_params(self): return dict(dtype=str(self.dtype).replace("torch.", ""))
 
@@ -532,7 +534,7 @@ class TransformersLLM(_TokenizerMixin, LLM):
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
         self.tokens_computed += len(prefix)
-        return out.past_key_values
+        return out[self._kv_name]
 
     # -- scoring methods
     def _option_logprobs(self, prompts, options):
@@ -594,7 +596,7 @@ class TransformersLLM(_TokenizerMixin, LLM):
         kw = dict(input_ids=ids.to(self.device), use_cache=past is not None)
         if pos_ids is not None: kw["position_ids"] = pos_ids.to(self.device)
         if mask is not None: kw["attention_mask"] = mask.to(self.device)
-        if past is not None: kw["past_key_values"] = past
+        if past is not None: kw[self._kv_name] = past
         k = keep.to(self.device)
         try: logits = self.model(**kw, logits_to_keep=k).logits
         except TypeError: logits = self.model(**kw).logits[k]

@@ -14,17 +14,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import find_data, has_data, text_hash, provenance, save_artifact, load_artifact
-from .reference import _decode_utf7
+from .reference import decode_utf7
 
 # %% auto #0
-__all__ = ['PROMPTS', 'PREFILLS', 'BLOG_NAME', 'GENDER_CODES', 'SENTENCE_STEMS', 'SENTENCE_TEMPLATES', 'TRAIT_COLUMNS',
-           'BUILTIN_SOURCES', 'READERS', 'FIRST_PERSON', 'CHAIN_DEFAULTS', 'llm_clean_step', 'EmptyResultError',
-           'Funnel', 'render', 'prompt_hashes', 'ask', 'json_object', 'read_blog_corpus', 'read_blog_csv',
-           'read_itemsgen', 'render_completion', 'read_sentences1', 'read_jsonl_corpus', 'read_corpus', 'clean_text',
-           'rule_clean', 'count_tokens', 'has_first_person', 'filter_segments', 'dedup', 'drop_small_authors',
-           'chain_options', 'prefilter', 'parse_clean', 'llm_clean', 'parse_quality', 'llm_quality',
-           'aggregate_authors', 'evidence_scores', 'parse_persona', 'llm_persona', 'mine', 'fingerprint',
-           'describe_llm', 'mine_cli']
+__all__ = ['PROMPTS', 'CRITIC_DEFINITIONS', 'PREFILLS', 'ANSWER_MODES', 'BLOG_NAME', 'GENDER_CODES', 'SENTENCE_STEMS',
+           'SENTENCE_TEMPLATES', 'TRAIT_COLUMNS', 'BUILTIN_SOURCES', 'READERS', 'FIRST_PERSON', 'CHAIN_DEFAULTS',
+           'QUALITY_LEVELS', 'YES_NO', 'QUALITY_ANSWERS', 'llm_clean_step', 'EmptyResultError', 'Funnel', 'render',
+           'prompt_hashes', 'ask', 'json_object', 'choose', 'read_blog_corpus', 'read_blog_csv', 'read_itemsgen',
+           'render_completion', 'read_sentences1', 'read_jsonl_corpus', 'read_corpus', 'clean_text', 'rule_clean',
+           'count_tokens', 'has_first_person', 'filter_segments', 'dedup', 'drop_small_authors', 'chain_options',
+           'prefilter', 'parse_clean', 'llm_clean', 'parse_quality', 'llm_quality', 'aggregate_authors',
+           'evidence_scores', 'is_third_person', 'parse_persona', 'llm_persona', 'mine', 'fingerprint', 'describe_llm',
+           'mine_cli']
 
 # %% ../nbs/06_mine.ipynb #e0b19c92
 class EmptyResultError(ValueError):
@@ -75,6 +76,19 @@ Text:
 {text}
 """''',
 
+"quality_choice": '''You are annotating a personal text for a persona-mining pipeline.
+Quality: high if the text shows the author's own experiences, emotions, opinions, habits or social behaviour with some depth; medium if it is personal but thin or generic; low if it is boilerplate, advertising, a quiz, a list, copied text, or nothing personal.
+Harmless: yes if the text has no hate speech, harassment, sexual content involving minors, graphic violence, instructions for harm, or other people's private information; no otherwise.
+
+Text:
+"""
+{text}
+"""
+
+Answer with two lines:
+Quality: high, medium or low
+Harmless: yes or no''',
+
 "persona": '''Below are texts written by one person. Write a persona of this person: one paragraph in the third person (for example "The user is ..."), at most 100 words, describing demographic, psychological and behavioural traits ONLY where the texts explicitly support them. Do not invent names, places, numbers or facts.
 Support the persona with evidence: copy 2 to 5 short quotes word for word from the texts.
 If the texts do not support a persona, answer {"persona": null}.
@@ -105,6 +119,20 @@ Persona:
 {persona}
 """''',
 
+"critic_score": '''You are a strict critic of persona summaries. Compare the persona with the source texts it was written from.
+
+Source texts:
+"""
+{source}
+"""
+
+Persona:
+"""
+{persona}
+"""
+
+Score the persona on {dimension}, {definition}, from 1 (worst) to 10 (best). Answer in the form N/10.''',
+
 "pii_detect": '''Does the following persona contain personally identifiable information (PII)? Count as PII only: a person's full name, a street-level home address, an email address, a phone number, or a bank account, IBAN or credit-card number. First names alone, cities, countries, ages, dates, occupations and prices are not PII.
 Answer with one word: yes or no.
 
@@ -123,7 +151,16 @@ Persona:
 """''',
 }
 
-PREFILLS = {"clean": "<clean>", "quality": "<quality>", "persona": '{"persona":', "critic": '{"hallucination": {"score":',
+# one critic dimension per question (`answer="choice"` in popalign.critic); the same definitions as in PROMPTS["critic"]
+CRITIC_DEFINITIONS = {
+    "hallucination": "that is faithfulness to the source (10 = every claim is supported by the source texts, 1 = mostly invented)",
+    "coverage": "that is how well it captures the author's salient traits",
+    "conciseness": "that is being well-formed, clear, and within 100 words",
+    "relevance": "that is being free of generic, promotional or irrelevant content",
+    "overall": "that is its overall quality as a persona for social simulation",
+}
+
+PREFILLS = {"clean": "<clean>", "quality": "<quality>", "quality_choice": "Quality:", "critic_score": "Score: ", "persona": '{"persona":', "critic": '{"hallucination": {"score":',
             "pii_detect": "", "pii_spans": '{"spans": ['}
 
 def render(name:str, # a key of `PROMPTS`
@@ -194,6 +231,32 @@ def json_object(answer:str)->dict:
     except json.JSONDecodeError as e: raise ValueError(f"invalid JSON ({e.msg})") from None
     if not isinstance(obj, dict): raise ValueError("the JSON value is not an object")
     return obj
+
+ANSWER_MODES = ("generate", "choice")
+
+def choose(llm,                    # object with `option_logprobs(prompts, options)` (every popalign.llm backend)
+           prompts:list[str],      # rendered prompts
+           options:list[str],      # the complete answers allowed (continuations of `prefill`)
+           prefill:str="",         # start of the assistant's answer; the options continue it
+           verbose:bool=False,
+          )->tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: # (chosen index, probabilities, mass, ok)
+    "Constrained answer: the option the model finds most likely after prompt + prefill, with its renormalized probabilities."
+    if not hasattr(llm, "option_logprobs"):
+        raise TypeError(f"answer='choice' needs an llm with option_logprobs(prompts, options); got {type(llm).__name__}. "
+                        "Load one with popalign.llm.load_llm(...) or use answer='generate'.")
+    options = list(options)
+    if len(set(options)) != len(options) or len(options) < 2: raise ValueError(f"need two or more distinct options; got {options}.")
+    if not prompts: return np.zeros(0, int), np.zeros((0, len(options))), np.zeros(0), np.zeros(0, bool)
+    fmt = getattr(llm, "format_chat", None)
+    ps = [fmt(None, p, prefill) for p in prompts] if callable(fmt) else [p + prefill for p in prompts]
+    lp = np.asarray(llm.option_logprobs(ps, options, verbose=verbose), dtype=np.float64)
+    ok = np.isfinite(lp).any(axis=1)
+    top = np.where(ok, np.max(np.where(np.isfinite(lp), lp, -np.inf), axis=1), 0.0)
+    p = np.where(np.isfinite(lp), np.exp(lp - top[:, None]), 0.0)
+    z = p.sum(axis=1)
+    probs = np.where(ok[:, None], p / np.where(z > 0, z, 1.0)[:, None], np.nan)
+    mass = np.where(ok, np.exp(top) * z, 0.0)        # probability the model puts on the allowed answers together
+    return np.where(ok, np.nan_to_num(probs, nan=-1).argmax(axis=1), -1), probs, mass, ok
 
 # %% ../nbs/06_mine.ipynb #2225b29f
 BLOG_NAME = re.compile(r"^(?P<id>\d+)\.(?P<gender>[^.]*)\.(?P<age>\d+)\.(?P<industry>[^.]*)\.(?P<sign>[^.]*)\.xml$", re.I)
@@ -321,7 +384,7 @@ def read_itemsgen(path:str|Path|None=None, # data.csv; default: openpsychometric
     long = d.melt(id_vars=["author_id", "_row"], value_vars=["item1", "item2", "item3"], var_name="item", value_name="text")
     long = long.sort_values(["_row", "item"], kind="stable")
     long["text"] = long["text"].astype("string").str.strip()
-    dec, n_utf7 = _decode_utf7(long["text"].astype(object))   # the file has UTF-7 escapes such as "self+AC0-worth"
+    dec, n_utf7 = decode_utf7(long["text"].astype(object))   # the file has UTF-7 escapes such as "self+AC0-worth"
     long["text"] = pd.Series(dec, index=long.index, dtype="string")
     empty = long["text"].isna() | long["text"].eq("")
     long = long[~empty]
@@ -609,16 +672,33 @@ def parse_quality(answer:str, i=None)->tuple[str, bool]:
     if not q or not h: raise ValueError("missing <quality> or <harmless> tag")
     return q.group(1).lower(), h.group(1).lower() == "yes"
 
+QUALITY_LEVELS, YES_NO = ("high", "medium", "low"), ("yes", "no")
+QUALITY_ANSWERS = tuple(f" {q}\nHarmless: {h}" for q in QUALITY_LEVELS for h in YES_NO)  # continuations of "Quality:"
+
 def llm_quality(df:pd.DataFrame, llm, keep_quality:Iterable[str]=("high",), require_harmless:bool=True, retries:int=2,
                 max_tokens:int=32, seed:int=0, batch_size:int=32, funnel:Funnel|None=None, verbose:bool=False,
-                prefill:str="")->pd.DataFrame:
+                prefill:str="",          # answer="generate": start of the answer, e.g. PREFILLS["quality"]
+                answer:str="generate",   # "generate": the tags are generated and parsed strictly (retried); "choice": the six
+                                         # complete answers (3 levels × yes/no) to `PROMPTS['quality_choice']` are scored, the likeliest taken
+               )->pd.DataFrame:          # kept segments + quality, harmless (+ quality_p, quality_mass with answer="choice")
     "Tag quality (high/medium/low) and harmlessness with `PROMPTS['quality']`; keep `keep_quality` and harmless."
     keep_quality = tuple(keep_quality)
-    vals, ok, _ = ask(llm, [render("quality", text=t) for t in df["text"]], parse_quality, max_tokens=max_tokens,
-                      retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="quality", prefill=prefill)
-    ok = np.array(ok); n0 = len(df)
-    _step(funnel, "quality_parse", n0, int(ok.sum()), f"quality answer did not parse after {retries} retries", hint="Check the LLM's answers.")
-    df = df[ok].assign(quality=[v[0] for v, o in zip(vals, ok) if o], harmless=[v[1] for v, o in zip(vals, ok) if o])
+    if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
+    prompts = [render("quality_choice" if answer == "choice" else "quality", text=t) for t in df["text"]]
+    extra = {}
+    if answer == "choice":
+        idx, probs, mass, ok = choose(llm, prompts, list(QUALITY_ANSWERS), prefill=PREFILLS["quality_choice"], verbose=verbose)
+        pairs = [(q, h == "yes") for q in QUALITY_LEVELS for h in YES_NO]
+        vals = [pairs[k] if o else None for k, o in zip(idx, ok)]
+        extra = dict(quality_p=[float(probs[r, k]) for r, k in enumerate(idx) if ok[r]], quality_mass=[float(m) for m, o in zip(mass, ok) if o])
+        why = "no allowed answer has probability > 0"
+    else:
+        vals, ok, _ = ask(llm, prompts, parse_quality, max_tokens=max_tokens,
+                          retries=retries, seed=seed, batch_size=batch_size, verbose=verbose, desc="quality", prefill=prefill)
+        why = f"quality answer did not parse after {retries} retries"
+    ok = np.array(ok, dtype=bool); n0 = len(df)
+    _step(funnel, "quality_parse", n0, int(ok.sum()), why, hint="Check the LLM's answers.")
+    df = df[ok].assign(quality=[v[0] for v, o in zip(vals, ok) if o], harmless=[v[1] for v, o in zip(vals, ok) if o], **extra)
     n1 = len(df); df = df[df["quality"].isin(keep_quality)]
     _step(funnel, "quality", n1, len(df), f"quality not in {keep_quality}", hint="Widen keep_quality.")
     if require_harmless:
@@ -672,6 +752,12 @@ def evidence_scores(quotes:list[str], # quotes the LLM cited
         out.append(0.0 if len(qn) < min_chars else float(fuzz.partial_ratio(qn, src)))
     return out
 
+_QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
+
+def is_third_person(text:str)->bool:
+    "No first-person pronoun outside quotation marks: the persona prompt asks for the third person ('The user is ...')."
+    return not has_first_person(_QUOTED.sub(" ", str(text)))
+
 def parse_persona(answer:str, i=None)->dict|None:
     "{'persona': str, 'evidence': [str, ...]} or None for a NULL persona; ValueError when the JSON is not of that shape."
     if re.fullmatch(r"\s*(NULL|null|None)\s*\.?\s*", answer): return None
@@ -688,6 +774,7 @@ def llm_persona(authors:pd.DataFrame,     # from `aggregate_authors`
                 llm,                      # LLM object
                 match_threshold:float=90, # minimum evidence score (0–100) of every quote
                 min_evidence:int=1,       # minimum number of quotes
+                third_person:bool=True,   # reject personas written in the first person (see `is_third_person`)
                 retries:int=2, max_tokens:int=400, seed:int=0, batch_size:int=16,
                 funnel:Funnel|None=None, verbose:bool=False,
                 prefill:str="",           # start of the answer, e.g. PREFILLS["persona"]
@@ -701,6 +788,10 @@ def llm_persona(authors:pd.DataFrame,     # from `aggregate_authors`
           hint="Check the LLM's answers.")
     nonnull = [i for i in range(n0) if ok[i] and vals[i] is not None]
     _step(funnel, "persona_null", okn, len(nonnull), "LLM answered NULL (text does not support a persona)", unit="authors")
+    if third_person:
+        n1 = len(nonnull); nonnull = [i for i in nonnull if is_third_person(vals[i]["persona"])]
+        _step(funnel, "third_person", n1, len(nonnull), "persona written in the first person (a copy of the author's voice, "
+              "not the third-person persona the prompt asks for)", unit="authors", hint="Check the LLM's answers or pass third_person=False.")
     rows, ph = [], text_hash(PROMPTS["persona"])
     for i in nonnull:
         v, a = vals[i], authors.iloc[i]
@@ -727,9 +818,11 @@ def mine(segments:pd.DataFrame,        # segment table from a reader
          keep_quality:Iterable[str]=("high",), require_harmless:bool=True,
          max_chars:int=12000,          # cap on an author's concatenated text
          match_threshold:float=90, min_evidence:int=1,
+         third_person:bool=True,       # reject first-person personas (see `llm_persona`)
          retries:int=2,                # re-asks of unparsable LLM answers
          seed:int=0, batch_size:int=32, verbose:bool=False,
          prefills:dict|None=None,      # answer prefills per step (clean/quality/persona), e.g. PREFILLS; None: none
+         answer:str="generate",        # quality tags: "generate" (parsed strictly) or "choice" (likeliest allowed answer; see `choose`)
         )->tuple[pd.DataFrame, Funnel]:  # (personas, funnel)
     "Section 3.1 mining chain: deterministic filters, LLM clean, quality tags, per-author aggregation, evidence-checked persona."
     df, funnel = prefilter(segments, min_tokens=min_tokens, first_person=first_person, dedup_scope=dedup_scope,
@@ -737,9 +830,10 @@ def mine(segments:pd.DataFrame,        # segment table from a reader
     kw = dict(retries=retries, seed=seed, batch_size=batch_size, funnel=funnel, verbose=verbose)
     pf = dict(prefills or {})
     if llm_clean: df = llm_clean_step(df, llm, prefill=pf.get("clean", ""), **kw)
-    df = llm_quality(df, llm, keep_quality=keep_quality, require_harmless=require_harmless, prefill=pf.get("quality", ""), **kw)
+    df = llm_quality(df, llm, keep_quality=keep_quality, require_harmless=require_harmless, prefill=pf.get("quality", ""),
+                     answer=answer, **kw)
     authors = aggregate_authors(df, min_posts=min_posts, max_chars=max_chars, funnel=funnel)
-    personas = llm_persona(authors, llm, match_threshold=match_threshold, min_evidence=min_evidence,
+    personas = llm_persona(authors, llm, match_threshold=match_threshold, min_evidence=min_evidence, third_person=third_person,
                            prefill=pf.get("persona", ""), **{**kw, "batch_size": max(1, batch_size // 2)})
     return personas, funnel
 
@@ -823,7 +917,8 @@ def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl);
         out = aggregate_authors(df, min_posts=opts["min_posts"], max_chars=opts.get("max_chars", 12000), funnel=funnel)
     else:
         llm_opts = {k: v for k, v in opts.items() if k in ("min_tokens", "first_person", "dedup_scope", "near_threshold", "min_posts",
-                    "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence", "prefills")}
+                    "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence", "prefills",
+                    "answer", "third_person")}
         out, funnel = mine(segments, llm, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose, **llm_opts)
     prov = provenance(seed=seed, params=params, stage="mine", input=str(input) if input else source, input_fingerprint=fp,
                       prompt_hashes=prompt_hashes(["clean", "quality", "persona"]), llm=describe_llm(llm),

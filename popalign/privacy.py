@@ -15,12 +15,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import text_hash, provenance, save_artifact, load_artifact
-from .mine import PROMPTS, render, ask, json_object, prompt_hashes, fingerprint, describe_llm, _done
+from .mine import PROMPTS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes, fingerprint, describe_llm, _done
 
 # %% auto #0
-__all__ = ['ENTITY_TYPES', 'PRIORITY', 'DEFAULT_MODEL', 'PHONE_REGIONS', 'luhn_ok', 'iban_ok', 'Span', 'resolve', 'rule_spans',
-           'analyzer', 'name_lists', 'ner_spans', 'fake_value', 'DeidReport', 'parse_yes_no', 'parse_pii_spans',
-           'deidentify', 'pii_testset', 'evaluate_deid', 'deid_cli']
+__all__ = ['ENTITY_TYPES', 'PRIORITY', 'DEFAULT_MODEL', 'PHONE_REGIONS', 'DETECT_PREFILL', 'DETECT_OPTIONS', 'luhn_ok', 'iban_ok',
+           'Span', 'resolve', 'rule_spans', 'analyzer', 'name_lists', 'ner_spans', 'fake_value', 'DeidReport',
+           'parse_yes_no', 'parse_pii_spans', 'deidentify', 'pii_testset', 'evaluate_deid', 'deid_cli']
 
 # %% ../nbs/08_privacy.ipynb #4a11389f
 def luhn_ok(number:str)->bool:
@@ -284,11 +284,18 @@ def parse_pii_spans(answer:str, i=None)->list[tuple[str, str]]:
         out.append((s["text"].strip(), str(s.get("type", "PERSON")).upper()))
     return out
 
-def _llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills=None):
+DETECT_PREFILL, DETECT_OPTIONS = "Answer:", (" yes", " no")   # answer="choice": the detector's two answers
+
+def _llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills=None, answer="generate"):
     "Detector then span lister; returns (spans per text, counts)."
     pf = dict(prefills or {})
-    flags, ok, _ = ask(llm, [render("pii_detect", text=t) for t in texts], parse_yes_no, max_tokens=4, retries=retries,
-                       seed=seed, batch_size=batch_size, verbose=verbose, desc="pii detect", prefill=pf.get("pii_detect", ""))
+    prompts = [render("pii_detect", text=t) for t in texts]
+    if answer == "choice":
+        idx, _, _, okc = choose(llm, prompts, list(DETECT_OPTIONS), prefill=DETECT_PREFILL, verbose=verbose)
+        flags, ok = [bool(o and k == 0) for k, o in zip(idx, okc)], [bool(o) for o in okc]
+    else:
+        flags, ok, _ = ask(llm, prompts, parse_yes_no, max_tokens=4, retries=retries,
+                           seed=seed, batch_size=batch_size, verbose=verbose, desc="pii detect", prefill=pf.get("pii_detect", ""))
     idx = [i for i, (f, o) in enumerate(zip(flags, ok)) if o and f]
     res = [[] for _ in texts]
     cnt = dict(llm_detect_failed=len(texts) - sum(ok), llm_flagged=len(idx), llm_spans_failed=0, llm_span_not_found=0)
@@ -313,13 +320,17 @@ def deidentify(texts:Iterable[str],    # texts to clean
                model:str=DEFAULT_MODEL,# spaCy pipeline for the NER layer
                retries:int=2, batch_size:int=32, verbose:bool=False,
                prefills:dict|None=None,# answer prefills of the LLM layer ('pii_detect', 'pii_spans'), e.g. popalign.mine.PREFILLS
+               answer:str="generate",  # the yes/no detector: "generate" (parsed strictly) or "choice" (likelier of " yes"/" no"
+                                       # after "Answer:"; see popalign.mine.choose); the span lister always generates
               )->tuple[list[str], DeidReport]: # (cleaned texts, per-text replacements)
     "Replace PII spans (rules + NER, plus the LLM layer when `llm` is given) by fictitious values; the rest of each text is unchanged."
     texts = [str(t) for t in texts]
     types = set(types)
     bad = types - set(ENTITY_TYPES)
     if bad: raise ValueError(f"Unknown types {sorted(bad)}; known: {ENTITY_TYPES}.")
-    extra, cnt = (_llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills) if llm is not None else ([[] for _ in texts], {}))
+    if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
+    extra, cnt = (_llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills, answer) if llm is not None
+                  else ([[] for _ in texts], {}))
     cleaned, report = [], DeidReport()
     for i, t in enumerate(tqdm(texts, disable=not verbose, desc="deidentify")):
         spans = resolve([s for s in rule_spans(t) + ner_spans(t, model) + extra[i] if s.type in types])
@@ -463,11 +474,14 @@ def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
              seed:int=0,
              drop_columns:Iterable[str]=("source_text",), # columns removed from the output (raw corpus text)
              retries:int=2, overwrite:bool=False, verbose:bool=True,
+             answer:str="generate",     # the LLM detector: "generate" or "choice" (see `deidentify`)
+             prefills:dict|None=None,   # answer prefills of the LLM layer, e.g. popalign.mine.PREFILLS
             )->tuple[Path, dict]:       # (output path, summary)
     "De-identify a persona file (text and evidence quotes) and save it with provenance; returns (path, summary)."
     input, output = Path(input), Path(output)
     drop_columns = tuple(drop_columns)
-    params = dict(text_col=text_col, seed=seed, drop_columns=list(drop_columns), retries=retries)
+    params = dict(text_col=text_col, seed=seed, drop_columns=list(drop_columns), retries=retries, answer=answer,
+                  prefills=dict(prefills or {}))
     run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input), json.dumps(prompt_hashes(["pii_detect", "pii_spans"])),
                         str(describe_llm(llm)))
     prev = _done(output, run_key)
@@ -475,7 +489,8 @@ def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
     obj, in_prov = load_artifact(input)
     df = obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
     if text_col not in df: raise ValueError(f"{input} has no column '{text_col}'; columns: {list(df.columns)}.")
-    cleaned, rep = deidentify(df[text_col].fillna("").astype(str).tolist(), llm=llm, seed=seed, retries=retries, verbose=verbose)
+    kw = dict(llm=llm, retries=retries, answer=answer, prefills=prefills)
+    cleaned, rep = deidentify(df[text_col].fillna("").astype(str).tolist(), seed=seed, verbose=verbose, **kw)
     out = df.drop(columns=[c for c in drop_columns if c in df]).copy()
     out[text_col] = cleaned
     out["pii_replacements"] = [list(r) for r in rep]
@@ -484,7 +499,7 @@ def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
         ev = [list(e) if isinstance(e, (list, tuple, np.ndarray)) else [] for e in out["evidence"]]
         flat = [q for e in ev for q in e]
         if flat:
-            fc, frep = deidentify(flat, llm=llm, seed=seed + 1, retries=retries)
+            fc, frep = deidentify(flat, seed=seed + 1, **kw)
             it = iter(fc); out["evidence"] = [[next(it) for _ in e] for e in ev]
             summary["evidence_replacements"] = frep.summary["replacements"]
     prov = provenance(seed=seed, params=params, stage="deid", input=str(input), input_fingerprint=fingerprint(input),

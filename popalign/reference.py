@@ -18,7 +18,7 @@ from .instruments import (Item, Instrument, INSTRUMENTS, load_instrument, parse_
 
 # %% auto #0
 __all__ = ['GENDER_CODES', 'IPIP_FFM_COLUMNS', 'REFERENCES', 'TEXT_DATASETS', 'Reference', 'clean_age', 'clean_gender',
-           'clean_country', 'read_table', 'load_reference', 'load_people_texts']
+           'clean_country', 'read_table', 'load_reference', 'decode_utf7', 'load_people_texts']
 
 # %% ../nbs/02_reference.ipynb #aeccb72c
 @dataclass
@@ -406,7 +406,8 @@ TEXT_DATASETS = {
 _TEXT_ALIASES = {"sentences1": "sentances1", "sentences1-riasec": "sentances1-riasec"}
 _UTF7 = re.compile(r"\+[A-Za-z0-9/]{2,}-")
 
-def _decode_utf7(s:pd.Series)->tuple:
+def decode_utf7(s:pd.Series)->tuple[pd.Series, int]:
+    "Decode the UTF-7 escapes some openpsychometrics texts hold (`self+AC0-worth` → `self-worth`); (decoded series, escapes decoded)."
     n = 0
     def fix(m):
         nonlocal n
@@ -444,7 +445,7 @@ def load_people_texts(name:str,                    # "itemsgen", "sentances1" (a
     n_utf7 = n_blank = 0
     for c in tcols:
         s = df[c].astype("string").str.strip()
-        s, k = _decode_utf7(s.astype(object)); n_utf7 += k
+        s, k = decode_utf7(s.astype(object)); n_utf7 += k
         s = pd.Series(s, index=df.index, dtype="string")
         blank = s.isna() | (s == ""); n_blank += int(blank.sum())
         df[c] = s.where(~blank)

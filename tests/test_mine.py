@@ -148,3 +148,40 @@ def test_with_popalign_llm_scripted_backend(tmp_path):
     recs, prov = load_artifact(out)
     assert len(recs) == 2 and '"backend": "scripted"' in prov["llm"]
     assert any("<|im_start|>" in p for _, p in llm.calls)   # prompts went through the chat template
+
+
+def test_choice_answers_mine_then_critic_then_deid(tmp_path):
+    "answer='choice' through mine_cli → critic_cli → deid_cli on popalign.llm's scripted backend; re-runs cost no LLM call."
+    llm_mod = pytest.importorskip("popalign.llm")
+    from popalign.privacy import deid_cli
+    def gen(prompt, seed):
+        if "You are cleaning" in prompt: return "<clean>" + prompt.split('"""')[1].strip() + "</clean>"
+        if "Below are texts" in prompt:
+            words = prompt.split('"""')[1].split()
+            return json.dumps({"persona": "The user writes about daily life.", "evidence": [" ".join(words[:8])]})
+        return ""
+    def lp(prompt, options):
+        body = prompt.split('"""')[1]
+        if options[0].startswith(" high"):        # quality tags: the café author's posts are 'low'
+            want = (" low" if "café" in body else " medium") + "\nHarmless: yes"
+            return [-0.1 if o == want else -4.0 for o in options]
+        if options[0] == "1/":                    # critic: every score 8, hallucination 9
+            s = 9 if "on hallucination" in prompt else 8
+            return [-0.2 if o == f"{s}/" else -5.0 for o in options]
+        return [-0.1 if o == " no" else -3.0 for o in options]   # PII detector: nothing to report
+    llm = llm_mod.load_llm("scripted", responses=gen, logprobs=lp)
+    out, funnel = M.mine_cli(_blog_dir(tmp_path), tmp_path / "p.jsonl", llm=llm, min_tokens=20, min_posts=1,
+                             keep_quality=("high", "medium"), answer="choice", verbose=False)
+    fr = funnel.df.set_index("step")
+    assert fr.loc["quality", "dropped"] >= 1 and fr.loc["quality_parse", "dropped"] == 0
+    recs, _ = load_artifact(out)
+    assert recs and not any("café" in r["source_text"] for r in recs)
+    kept, rep = critic_cli(out, tmp_path / "k.jsonl", llm, answer="choice", verbose=False)
+    assert rep["answer"] == "choice" and rep["kept"] == len(recs) and rep["mean_scores"]["hallucination"] == 9
+    n = len(llm.calls)
+    critic_cli(out, tmp_path / "k.jsonl", llm, answer="choice", verbose=False)
+    assert len(llm.calls) == n                                   # done before: no new call
+    strict, rep8 = critic_cli(out, tmp_path / "k9.jsonl", llm, answer="choice", min_overall=9, verbose=False)
+    assert rep8["kept"] == 0 and rep8["failed_by"] == {"overall < 9": len(recs)}
+    d, summary = deid_cli(kept, tmp_path / "d.jsonl", llm=llm, answer="choice", verbose=False)
+    assert summary["llm_flagged"] == 0 and summary["llm_detect_failed"] == 0
