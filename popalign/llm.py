@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_llm.ipynb #12052361
 from __future__ import annotations
-import copy, functools, hashlib, importlib.util, json, math, os, re, shutil, sqlite3, threading, time, warnings
+import copy, functools, hashlib, importlib.util, inspect, json, math, os, re, shutil, sqlite3, threading, time, warnings
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -506,7 +506,7 @@ class TransformersLLM(_TokenizerMixin, LLM):
         self.scoring, self.batch_size, self.min_shared = scoring, int(batch_size), int(min_shared)
         self._pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else (self.tok.eos_token_id or 0)
         self.tokens_computed = 0    # real (non-padding) tokens run through the model by scoring, for throughput reports
-        import inspect              # transformers ≥ 5.2x calls the KV cache `cache` (`past_key_values` is deprecated there)
+        # transformers ≥ 5.2x calls the KV cache `cache` (`past_key_values` is deprecated there)
         self._kv_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _key_params(self): return dict(dtype=str(self.dtype).replace("torch.", ""))
