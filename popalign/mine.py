@@ -921,7 +921,8 @@ def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl);
                     "answer", "third_person")}
         out, funnel = mine(segments, llm, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose, **llm_opts)
     prov = provenance(seed=seed, params=params, stage="mine", input=str(input) if input else source, input_fingerprint=fp,
-                      prompt_hashes=prompt_hashes(["clean", "quality", "persona"]), llm=describe_llm(llm),
+                      prompt_hashes=prompt_hashes(["clean", "quality_choice" if opts.get("answer") == "choice" else "quality", "persona"]),
+                      llm=describe_llm(llm),
                       reader_skipped=segments.attrs.get("skipped", {}), funnel=funnel.records, run_key=run_key)
     save_artifact(out, output, prov)
     return output, funnel

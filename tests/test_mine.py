@@ -174,8 +174,9 @@ def test_choice_answers_mine_then_critic_then_deid(tmp_path):
                              keep_quality=("high", "medium"), answer="choice", verbose=False)
     fr = funnel.df.set_index("step")
     assert fr.loc["quality", "dropped"] >= 1 and fr.loc["quality_parse", "dropped"] == 0
-    recs, _ = load_artifact(out)
+    recs, prov = load_artifact(out)
     assert recs and not any("café" in r["source_text"] for r in recs)
+    assert prov["prompt_hashes"]["quality_choice"] == text_hash(M.PROMPTS["quality_choice"])   # the prompt that was asked
     kept, rep = critic_cli(out, tmp_path / "k.jsonl", llm, answer="choice", verbose=False)
     assert rep["answer"] == "choice" and rep["kept"] == len(recs) and rep["mean_scores"]["hallucination"] == 9
     n = len(llm.calls)
