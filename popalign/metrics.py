@@ -16,7 +16,8 @@ from .core import check_array, check_rng
 
 # %% auto #0
 __all__ = ['METRICS', 'amw', 'frechet', 'random_projections', 'sliced_wasserstein', 'median_bandwidth', 'mmd', 'mae_corr', 'ks',
-           'js', 'mean_diff', 'evaluate', 'bootstrap_ci', 'noise_floor', 'compare_table', 'bench_metrics']
+           'js', 'mean_diff', 'evaluate', 'bootstrap_ci', 'noise_floor', 'reference_floor', 'compare_table',
+           'bench_metrics']
 
 # %% ../nbs/03_metrics.ipynb #236e217b
 METRICS = ("AMW", "FD", "SW", "MMD", "MAE_corr", "KS", "JS", "MeanDiff")  # the keys of `evaluate`, in order
@@ -411,6 +412,30 @@ def noise_floor(Y,               # (N, d) human trait scores, array or DataFrame
     if raw: return vals
     return pd.DataFrame(dict(metric=names, mean=vals.mean().to_numpy(),
                              sd=vals.std(ddof=1).to_numpy() if reps > 1 else np.nan, n=n, reps=reps))
+
+# %% ../nbs/03_metrics.ipynb #3ce694cb
+def reference_floor(held_out,        # (H, d) human trait scores of people NOT in the reference
+                    reference,       # (M, d) the reference the persona set is compared with
+                    n:int,           # persona-set size
+                    reps:int=20,     # repetitions
+                    seed:int=0,      # seed of the draws and of the metrics (as in `evaluate`)
+                    metrics=None,    # subset of METRICS; None: all
+                    params:dict|None=None, # per-metric options (as in `evaluate`)
+                    raw:bool=False,  # return the (reps × metrics) values instead of the summary
+                   )->pd.DataFrame:  # columns metric, mean, sd, n, reps, geometry
+    "Each metric between n held-out people and the reference: the noise floor of an n-persona set scored against that reference."
+    H, _ = _as_2d(held_out, "held_out"); R, _ = _as_2d(reference, "reference")
+    if H.shape[1] != R.shape[1]: raise ValueError(f"held_out has {H.shape[1]} columns and reference {R.shape[1]}; they must match.")
+    n, reps = int(n), int(reps)
+    if n < 2 or n > len(H): raise ValueError(f"n must be in 2..len(held_out) = {len(H)}; got {n}.")
+    if reps < 1: raise ValueError(f"reps must be >= 1; got {reps}.")
+    names = _check_metrics(metrics)
+    rng = check_rng(np.random.SeedSequence([seed, 3]))
+    vals = pd.DataFrame([evaluate(H[rng.choice(len(H), n, replace=False)], R, names, seed=seed, params=params)
+                         for _ in range(reps)], columns=names)
+    if raw: return vals
+    return pd.DataFrame(dict(metric=names, mean=vals.mean().to_numpy(), sd=vals.std(ddof=1).to_numpy() if reps > 1 else np.nan,
+                             n=n, reps=reps, geometry=f"{n} held-out people vs the reference ({len(R):,})"))
 
 # %% ../nbs/03_metrics.ipynb #49a6c04f
 def compare_table(results:dict,                 # name -> {metric: value} (e.g. `evaluate` outputs)
