@@ -484,6 +484,7 @@ class TransformersLLM(_TokenizerMixin, LLM):
                  convert_cache:bool=True,          # keep a safetensors copy of GGUF models
                  model_id:str|None=None,           # cache/provenance id; default: file name + size fingerprint
                  chunk_size:int=256,
+                 adapter:str|Path|None="default",  # response adapter folder (popalign.adapter); "default": the shipped one for the embedded model; None: none
                  verbose:bool=False):
         torch = _torch()
         if scoring not in SCORING_METHODS: raise ValueError(f"scoring must be one of {SCORING_METHODS}; got {scoring!r}.")
@@ -508,8 +509,19 @@ class TransformersLLM(_TokenizerMixin, LLM):
         self.tokens_computed = 0    # real (non-padding) tokens run through the model by scoring, for throughput reports
         # transformers ≥ 5.2x calls the KV cache `cache` (`past_key_values` is deprecated there)
         self._kv_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._state_layers, self._states = None, None   # answer-position hidden states, collected while scoring when set
+        from popalign.adapter import resolve_adapter   # the adapter layer sits below llm; imported here to keep import light
+        self.adapter = resolve_adapter(adapter, self, embedded=model is None)
 
-    def _key_params(self): return dict(dtype=str(self.dtype).replace("torch.", ""))
+    def _key_params(self):
+        d = dict(dtype=str(self.dtype).replace("torch.", ""))
+        if self.adapter is not None: d["adapter"] = self.adapter.hash   # answers change with the adapter: part of every cache key
+        return d
+
+    @property
+    def n_layers(self)->int: return int(self.model.config.num_hidden_layers)
+    @property
+    def hidden_size(self)->int: return int(self.model.config.hidden_size)
 
     def _groups(self, reqs)->list:
         "Runs of consecutive requests sharing a prefix (a run ends when the shared length halves or drops below min_shared)."
@@ -538,6 +550,25 @@ class TransformersLLM(_TokenizerMixin, LLM):
 
     # -- scoring methods
     def _option_logprobs(self, prompts, options):
+        head = self.adapter is not None and self.adapter.head is not None
+        if not head: return self._base_logprobs(prompts, options)
+        lp, S = self.answer_states(prompts, options, self.adapter.layers)
+        return self.adapter.apply(lp, S, options)
+
+    def answer_states(self, prompts:Sequence[str], # rendered prompts
+                      options:Sequence[str],        # continuations scored, e.g. ["1", …, "5"]
+                      layers:Sequence[int],         # hidden-state layers (0 = embeddings, n_layers = last, after the final norm)
+                     )->tuple:                      # ((n, O) base option log-probs, (n, len(layers) × hidden) float32 states)
+        "Option log-probs and the hidden states at the answer position (the last prompt token), from the same scoring pass (not cached)."
+        bad = [l for l in layers if not 0 <= int(l) <= self.n_layers]
+        if bad or not layers: raise ValueError(f"layers must be a non-empty list in 0..{self.n_layers}; got {list(layers)}.")
+        self._state_layers, self._states = [int(l) for l in layers], np.full((len(prompts), len(layers) * self.hidden_size), np.nan, np.float32)
+        try:
+            lp = self._base_logprobs(list(prompts), list(options)); S = self._states
+        finally: self._state_layers, self._states = None, None
+        return lp, S
+
+    def _base_logprobs(self, prompts, options):
         reqs = self._requests(prompts, options)
         out = np.zeros((len(reqs), len(options)))
         method = self.scoring
@@ -561,9 +592,9 @@ class TransformersLLM(_TokenizerMixin, LLM):
         rows = []
         for r in idx:
             ctx, opts = reqs[r]; suf = ctx[Lp:]
-            rows.append((suf, [(len(suf) - 1, o[0], r, j) for j, o in enumerate(opts)]))
+            rows.append((suf, [(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
             for j, o in enumerate(opts):
-                if len(o) > 1: rows.append((suf + o[:-1], [(len(suf) - 1 + k, o[k], r, j) for k in range(1, len(o))]))
+                if len(o) > 1: rows.append((suf + o[:-1], [(len(suf) - 1 + k, o[k], r, j, False) for k in range(1, len(o))]))
         return rows
 
     def _score_rows(self, idx, reqs, Lp, past, out):
@@ -578,17 +609,24 @@ class TransformersLLM(_TokenizerMixin, LLM):
             tg = {}
             for b, (t, trg) in enumerate(chunk):
                 ids[b, :len(t)] = torch.tensor(t)
-                for pos, tok, r, j in trg: keep[b, pos] = True; tg[(b, pos)] = tg.get((b, pos), []) + [(tok, r, j)]
+                for pos, tok, r, j, f in trg: keep[b, pos] = True; tg[(b, pos)] = tg.get((b, pos), []) + [(tok, r, j, f)]
             order = [(b, p) for b in range(len(chunk)) for p in range(L) if keep[b, p]]
             # a position can predict several targets (different options' first tokens): gather per (position, target)
             flat_keep_pos, targets, dest = [], [], []
             for n, bp in enumerate(order):
-                for tok, r, j in tg[bp]: flat_keep_pos.append(n); targets.append(tok); dest.append((r, j))
+                for tok, r, j, f in tg[bp]: flat_keep_pos.append(n); targets.append(tok); dest.append((r, j, f))
             pkv = None
             if past is not None: pkv = copy.deepcopy(past); pkv.batch_repeat_interleave(len(chunk))
             pos_ids = torch.arange(Lp, Lp + L)[None].expand(len(chunk), L) if Lp else None
             vals = self._gather(ids, keep, pos_ids, None, pkv, flat_keep_pos, targets, n_real=sum(len(t) for t, _ in chunk))
-            for (r, j), v in zip(dest, vals): out[r, j] += v
+            self._add(out, dest, vals)
+
+    def _add(self, out, dest, vals):
+        "Add gathered log-probs into out[r, j]; keep the answer-position states of first-token targets when asked."
+        for (r, j, _), v in zip(dest, vals): out[r, j] += v
+        if self._state_layers is not None:
+            for n, (r, j, first) in enumerate(dest):
+                if first and j == 0: self._states[r] = self._last_states[n]
 
     def _gather(self, ids, keep, pos_ids, mask, past, flat_keep_pos, targets, n_real=None):
         "log-probs of `targets` at kept positions `flat_keep_pos` (indices into the row-major kept positions)."
@@ -598,57 +636,93 @@ class TransformersLLM(_TokenizerMixin, LLM):
         if mask is not None: kw["attention_mask"] = mask.to(self.device)
         if past is not None: kw[self._kv_name] = past
         k = keep.to(self.device)
-        try: logits = self.model(**kw, logits_to_keep=k).logits
-        except TypeError: logits = self.model(**kw).logits[k]
+        if self._state_layers is not None: kw["output_hidden_states"] = True
+        try: res = self.model(**kw, logits_to_keep=k); logits = res.logits
+        except TypeError: res = self.model(**kw); logits = res.logits[k]
         logits = logits.reshape(-1, logits.shape[-1])
         self.tokens_computed += int(ids.numel()) if n_real is None else int(n_real)   # padding not counted
-        lp = torch.log_softmax(logits[torch.as_tensor(flat_keep_pos, device=self.device)].float(), dim=-1)
+        sel = torch.as_tensor(flat_keep_pos, device=self.device)
+        lp = torch.log_softmax(logits[sel].float(), dim=-1)
+        if self._state_layers is not None:   # (targets, layers × hidden) states at each target's position
+            self._last_states = torch.cat([res.hidden_states[l][k] for l in self._state_layers], -1)[sel].float().cpu().numpy()
         return lp.gather(1, torch.as_tensor(targets, device=self.device)[:, None])[:, 0].double().cpu().tolist()
 
     def _score_prefix(self, g, reqs, Lp, out):
         past = self._prefix_cache(reqs[g[0]][0][:Lp]) if Lp else None
         self._score_rows(g, reqs, Lp, past, out)
 
-    def _score_packed(self, g, reqs, Lp, out):
-        "Prefix + all suffixes (+ option branches) of a group in one sequence; chunked on a prefix KV cache if too long."
-        torch = _torch()
-        segs = []   # dicts: tokens, parent (segment index, -1 = the prefix), start position, targets (pos, token, req, opt)
+    def _packed_chunks(self, g, reqs, Lp, pack_tokens)->tuple:
+        "The segments of a prefix group (suffixes and option branches) and their split into chunks of at most pack_tokens."
+        segs = []   # dicts: tokens, parent (segment index, -1 = the prefix), start position, targets (pos, token, req, opt, first)
         for r in g:
             ctx, opts = reqs[r]; suf = ctx[Lp:]; si = len(segs)
-            segs.append(dict(tokens=suf, parent=-1, pos0=Lp, targets=[(len(suf) - 1, o[0], r, j) for j, o in enumerate(opts)]))
+            segs.append(dict(tokens=suf, parent=-1, pos0=Lp, targets=[(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
             for j, o in enumerate(opts):
                 if len(o) > 1:
                     segs.append(dict(tokens=o[:-1], parent=si, pos0=Lp + len(suf),
-                                     targets=[(k - 1, o[k], r, j) for k in range(1, len(o))]))
+                                     targets=[(k - 1, o[k], r, j, False) for k in range(1, len(o))]))
         chunks, cur, n = [], [], Lp
         for k, s in enumerate(segs):     # chunks hold whole families (a suffix with its branches)
-            if s["parent"] == -1 and cur and n + len(s["tokens"]) > self.pack_tokens: chunks.append(cur); cur, n = [], Lp
+            if s["parent"] == -1 and cur and n + len(s["tokens"]) > pack_tokens: chunks.append(cur); cur, n = [], Lp
             cur.append(k); n += len(s["tokens"])
         chunks.append(cur)
+        return segs, chunks
+
+    def _chunk_inputs(self, segs, chunk, prefix, n_past)->dict:
+        "One packed sequence: the prefix (unless it is in a KV cache of n_past tokens), then the chunk's segments; tree mask and targets."
+        torch = _torch()
+        head = [] if n_past else list(prefix)           # the prefix rides along when there is no cache
+        toks, pos, seg_of = list(head), list(range(len(head))), [0] * len(head)
+        local, parent_sid, keep_pos, targets, dest = {}, {}, [], [], []
+        for k in chunk:
+            s = segs[k]; sid = len(local) + 1; local[k] = sid
+            parent_sid[sid] = 0 if s["parent"] == -1 else local[s["parent"]]
+            start = len(toks)
+            toks += s["tokens"]; pos += range(s["pos0"], s["pos0"] + len(s["tokens"])); seg_of += [sid] * len(s["tokens"])
+            for p, t, r, j, f in s["targets"]: keep_pos.append(start + p); targets.append(t); dest.append((r, j, f))
+        anc = np.eye(len(local) + 1, dtype=bool)
+        for sid in range(1, len(local) + 1):
+            a = sid
+            while a: a = parent_sid[a]; anc[sid, a] = True
+        allowed = _tree_mask(np.array(seg_of), anc, n_past=n_past)
+        kp = sorted(set(keep_pos)); where = {p: n for n, p in enumerate(kp)}
+        keep = torch.zeros((1, len(toks)), dtype=torch.bool); keep[0, kp] = True
+        return dict(ids=torch.tensor([toks]), keep=keep, pos=torch.tensor([pos]), mask=self._float_mask(allowed),
+                    flat=[where[p] for p in keep_pos], targets=targets, dest=dest)
+
+    def _score_packed(self, g, reqs, Lp, out):
+        "Prefix + all suffixes (+ option branches) of a group in one sequence; chunked on a prefix KV cache if too long."
+        segs, chunks = self._packed_chunks(g, reqs, Lp, self.pack_tokens)
         prefix = reqs[g[0]][0][:Lp]
-        one_pass = len(chunks) == 1
-        past = self._prefix_cache(prefix) if (Lp and not one_pass) else None
+        past = self._prefix_cache(prefix) if (Lp and len(chunks) > 1) else None
         for chunk in chunks:
-            head = prefix if past is None else []          # the prefix rides along in the one-pass case
-            toks, pos, seg_of = list(head), list(range(len(head))), [0] * len(head)
-            local, parent_sid, keep_pos, targets, dest = {}, {}, [], [], []
-            for k in chunk:
-                s = segs[k]; sid = len(local) + 1; local[k] = sid
-                parent_sid[sid] = 0 if s["parent"] == -1 else local[s["parent"]]
-                start = len(toks)
-                toks += s["tokens"]; pos += range(s["pos0"], s["pos0"] + len(s["tokens"])); seg_of += [sid] * len(s["tokens"])
-                for p, t, r, j in s["targets"]: keep_pos.append(start + p); targets.append(t); dest.append((r, j))
-            anc = np.eye(len(local) + 1, dtype=bool)
-            for sid in range(1, len(local) + 1):
-                a = sid
-                while a: a = parent_sid[a]; anc[sid, a] = True
-            allowed = _tree_mask(np.array(seg_of), anc, n_past=Lp if past is not None else 0)
-            kp = sorted(set(keep_pos)); where = {p: n for n, p in enumerate(kp)}
-            keep = torch.zeros((1, len(toks)), dtype=torch.bool); keep[0, kp] = True
+            c = self._chunk_inputs(segs, chunk, prefix, Lp if past is not None else 0)
             pkv = copy.deepcopy(past) if past is not None else None
-            vals = self._gather(torch.tensor([toks]), keep, torch.tensor([pos]), self._float_mask(allowed), pkv,
-                                [where[p] for p in keep_pos], targets)
-            for (r, j), v in zip(dest, vals): out[r, j] += v
+            vals = self._gather(c["ids"], c["keep"], c["pos"], c["mask"], pkv, c["flat"], c["targets"])
+            self._add(out, c["dest"], vals)
+
+    def option_logits(self, prompts:Sequence[str], # rendered prompts; consecutive prompts sharing a prefix are packed together
+                      options:Sequence[str],       # continuations, each a single token (e.g. "1".."5")
+                     ):                            # torch (n, O) log p(option | prompt), differentiable (for adapter training)
+        "The packed prefix-shared scoring pass with gradients: each prefix group in one sequence (no KV cache, no cache)."
+        torch = _torch()
+        reqs = self._requests(list(prompts), list(options))
+        if any(len(o) != 1 for _, opts in reqs for o in opts):
+            raise ValueError(f"option_logits needs single-token options; {list(options)} are not all one token for this tokenizer.")
+        rows = [None] * len(reqs)
+        for g in self._groups(reqs):
+            Lp = min(min(_lcp(reqs[g[0]][0], reqs[i][0]) for i in g), min(len(reqs[i][0]) for i in g) - 1) if len(g) > 1 else 0
+            segs, _ = self._packed_chunks(g, reqs, Lp, 10**9)
+            c = self._chunk_inputs(segs, list(range(len(segs))), reqs[g[0]][0][:Lp], 0)
+            res = self.model(input_ids=c["ids"].to(self.device), position_ids=c["pos"].to(self.device),
+                             attention_mask=c["mask"].to(self.device), use_cache=False, logits_to_keep=c["keep"].to(self.device))
+            self.tokens_computed += int(c["ids"].numel())
+            lg = res.logits.reshape(-1, res.logits.shape[-1])[torch.as_tensor(c["flat"], device=self.device)].float()
+            lp = torch.log_softmax(lg, -1).gather(1, torch.as_tensor(c["targets"], device=self.device)[:, None])[:, 0]
+            by = {}
+            for (r, j, _), v in zip(c["dest"], lp): by.setdefault(r, {})[j] = v
+            for r, d in by.items(): rows[r] = torch.stack([d[j] for j in range(len(options))])
+        return torch.stack(rows)
 
     # -- generation
     def _generate(self, prompts, max_tokens, temperature, seeds, stop):
