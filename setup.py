@@ -32,6 +32,8 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['popalign', 'popalign.*']),
     include_package_data=True,
+    # package data (the response-adapter material and the shipped adapter) travels in the wheel
+    package_data={'popalign': ['data/*.yaml', 'data/pra/*/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'test': dev_requirements,
                     'llm': llm_requirements, 'vllm': vllm_requirements},

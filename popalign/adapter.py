@@ -16,8 +16,8 @@ from .core import PACKAGE_VERSION
 
 # %% auto #0
 __all__ = ['ADAPTER_FORMAT', 'CONFIG_FILE', 'HEAD_FILE', 'LORA_FILES', 'FORMS', 'SHIPPED_ADAPTER', 'option_positions',
-           'ResponseHead', 'adapter_hash', 'base_identity', 'save_adapter', 'Adapter', 'load_adapter', 'merge_lora',
-           'resolve_adapter']
+           'ResponseHead', 'adapter_hash', 'base_identity', 'save_adapter', 'Adapter', 'read_adapter_meta',
+           'load_adapter', 'merge_lora', 'resolve_adapter']
 
 # %% ../nbs/03a_adapter.ipynb #a6c113f2
 def option_positions(options:Sequence,  # option values or strings, e.g. [1, 2, 3, 4, 5] or ["1", …, "5"]
@@ -96,6 +96,7 @@ def save_adapter(path:str|Path,          # the adapter folder to write (replaced
                  head:ResponseHead|None=None, # form "head": the trained head
                  lora_model=None,         # form "lora": a PEFT model (its `save_pretrained` writes the LoRA files)
                  provenance:dict|None=None, # data, splits, seed, command, git commit, metrics
+                 extra:dict|None=None,    # further files: name → text (e.g. splits.json)
                 )->Path:
     "Write an adapter folder atomically: pra.json + head.safetensors (head) or PEFT's files (lora)."
     from safetensors.torch import save_file
@@ -114,6 +115,7 @@ def save_adapter(path:str|Path,          # the adapter folder to write (replaced
         meta = dict(format=ADAPTER_FORMAT, version=1, form=form, base=base, config=config, package=PACKAGE_VERSION,
                     written=time.strftime("%Y-%m-%dT%H:%M:%S"), provenance=provenance or {})
         (tmp/CONFIG_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n", encoding="utf-8")
+        for name, text in (extra or {}).items(): (tmp/name).write_text(text, encoding="utf-8")
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
@@ -150,8 +152,9 @@ class Adapter:
             q = self.head(torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(lp - logZ, dtype=torch.float32), z)
         return np.where(np.isfinite(logZ), q.double().numpy() + logZ, lp)
 
-def _read_meta(path:Path)->dict:
-    cfg = path/CONFIG_FILE
+def read_adapter_meta(path:str|Path)->dict:
+    "The checked pra.json of an adapter folder (errors name the file); cheap, loads no weights."
+    path = Path(path).expanduser(); cfg = path/CONFIG_FILE
     if not path.exists(): raise FileNotFoundError(f"No response adapter at {path}: the folder does not exist.")
     if not cfg.is_file():
         raise FileNotFoundError(f"{path} is not a response adapter: it has no {CONFIG_FILE} (adapters are written by "
@@ -190,7 +193,7 @@ def load_adapter(path:str|Path,   # an adapter folder
                 )->Adapter:
     "Read and check an adapter folder; a LoRA adapter is merged into `llm.model`."
     path = Path(path).expanduser()
-    meta = _read_meta(path)
+    meta = read_adapter_meta(path)
     if llm is not None: _check_base(meta, path/CONFIG_FILE, llm)
     ad = Adapter(path, meta["form"], meta, adapter_hash(path))
     if ad.form == "head":

@@ -101,6 +101,8 @@ def build_parser()->argparse.ArgumentParser:
     pb.add_argument("--methods", default=None, help="ot: comma-separated methods (balanced,semi_relaxed,unbalanced)")
     pb.add_argument("--no-pot", action="store_true", help="ot: skip the POT comparison")
     pb.add_argument("--model", default=None, help="respond: model path (default: the embedded model)")
+    pb.add_argument("--adapter", default=None, help="respond: also time packed scoring through this response adapter "
+                    "('default': the shipped one)")
     pb.add_argument("--out", default=None, help="also write the table as CSV here")
 
     def llm_args(q, required=False):
@@ -109,6 +111,8 @@ def build_parser()->argparse.ArgumentParser:
         g.add_argument("--model", default=None, help="model path, GGUF file or server model name (default: embedded SmolLM2-135M)")
         g.add_argument("--base-url", dest="base_url", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
         g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+        g.add_argument("--adapter", default=None, help="response adapter folder (popalign pra train); default: the shipped "
+                       "adapter for the embedded model; 'none': the base model")
         g.add_argument("--settings", default=None, help="settings file (default: popalign.toml / popalign.yaml in the working directory)")
         g.add_argument("--no-cache", dest="no_cache", action="store_true", default=None, help="do not use the response cache")
         if not required: g.add_argument("--no-llm", action="store_true", help="rule/template steps only, no model")
@@ -194,6 +198,30 @@ def build_parser()->argparse.ArgumentParser:
     pv.add_argument("--port", type=int, default=8000); pv.add_argument("--host", default="127.0.0.1")
     llm_args(pv, required=True)
 
+    pa = sub.add_parser("pra", help="train or evaluate a Psychometric Response Adapter (personas steer the responder)",
+                        description="DIPA's Psychometric Response Adapter. `train` extracts the base model's answer-position "
+                                    "states for the training tables (cached, resumable), trains the adapter with checkpoints "
+                                    "(a killed run continues when rerun) and writes an adapter folder with its provenance. "
+                                    "`eval` compares base and adapted: persona sensitivity on the shipped pairs, individual "
+                                    "validity on the SENTANCES1 test split (beside a MiniLM ridge and a shuffled control), and "
+                                    "the trait spread of a mined pool.",
+                        epilog="examples:\n  popalign pra train --out runs/pra/head            # the shipped head's recipe\n"
+                               "  popalign pra train --form lora --set steps=200 --out runs/pra/lora\n"
+                               "  popalign pra eval runs/pra/head --pairs 10 --people 60",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pa.add_argument("action", choices=["train", "eval"], help="train: write an adapter; eval: base vs adapted table")
+    pa.add_argument("adapter", nargs="?", default=None, help="eval: adapter folder (default: the shipped one)")
+    pa.add_argument("--form", default="head", choices=["head", "lora"], help="train: head on hidden states (fast on CPU) or LoRA")
+    pa.add_argument("--out", default=None, help="train: adapter folder (default runs/pra/FORM); eval: CSV of the table")
+    pa.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="train: a PRAConfig setting, e.g. --set steps=3000 --set w_dist=0 (repeatable)")
+    pa.add_argument("--config", default=None, help="train: JSON/YAML file of PRAConfig settings")
+    pa.add_argument("--model", default=None, help="base model folder or .gguf (default: the embedded SmolLM2-135M)")
+    pa.add_argument("--pairs", type=int, default=None, help="eval: pairs per trait (default all 30)")
+    pa.add_argument("--people", type=int, default=None, help="eval: SENTANCES1 test people (default all)")
+    pa.add_argument("--pool", type=int, default=60, help="eval: itemsgen eval personas for the trait spread")
+    pa.add_argument("--seed", type=int, default=0, help="eval: subsample and bootstrap seed")
+
     pd_ = sub.add_parser("demo", help="the whole loop on the embedded default, end to end",
                          description="Persona pool → responses on an instrument → alignment to the human reference "
                                      "→ metrics beside the noise floor and random selection → a figure.")
@@ -231,7 +259,8 @@ def _cmd_bench(a):
         kw = {}
         if a.sizes:
             n, _, i = a.sizes.partition("x"); kw = dict(n_personas=int(n), n_items=int(i or 10))
-        df = bench_respond(model=a.model, **kw)
+        if a.methods: kw["methods"] = tuple(_sizes(a.methods))
+        df = bench_respond(model=a.model, adapter=a.adapter, **kw)
     if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); df.to_csv(a.out, index=False); print(f"wrote: {a.out}")
     return 0
 
@@ -244,13 +273,13 @@ def _llm(a):
     "An LLM from the shared flags (None with --no-llm)."
     if getattr(a, "no_llm", False): return None
     from popalign.llm import Settings, load_llm_from_settings
-    cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache")}
+    cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache", "adapter")}
     return load_llm_from_settings(Settings.load(path=a.settings, cli=cli))
 
 def _cmd_respond(a):
     from popalign.respond import respond_cli
     from popalign.llm import Settings
-    cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache")}
+    cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache", "adapter")}
     respond_cli(a.personas, a.instrument, a.out, Settings.load(path=a.settings, cli=cli), mode=a.mode, limit=a.limit,
                 text_column=a.text_column)
     return 0
@@ -321,9 +350,23 @@ def _cmd_serve(a):
     finally: srv.close()
     return 0
 
+def _cmd_pra(a):
+    from popalign import pra
+    if a.action == "train":
+        pra.pra_train_cli(a.form, a.out, a.settings, a.config, a.model, command=" ".join(["popalign"] + sys.argv[1:]))
+        return 0
+    from popalign.llm import TransformersLLM
+    from popalign.adapter import read_adapter_meta
+    if a.adapter: read_adapter_meta(a.adapter)          # a bad folder fails before the model loads
+    df = pra.evaluate_adapter(a.adapter or "default", a.pairs, a.people, a.pool, TransformersLLM(a.model, adapter=None), a.seed)
+    tab = df.pivot_table(index=["check", "trait"], columns="model", values="value", sort=False)
+    print(tab.round(3).to_string())
+    if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); df.to_csv(a.out, index=False); print(f"wrote: {a.out}")
+    return 0
+
 _HANDLERS = {"paper": _cmd_paper, "bench": _cmd_bench, "demo": _cmd_demo, "respond": _cmd_respond, "align": _cmd_align,
              "mine": _cmd_mine, "critic": _cmd_critic, "deid": _cmd_deid, "synth": _cmd_synth, "import": _cmd_import,
-             "serve": _cmd_serve}
+             "serve": _cmd_serve, "pra": _cmd_pra}
 
 # %% ../nbs/17_cli.ipynb #a3393a3c
 def main(argv:list[str]|None=None)->int:

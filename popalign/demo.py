@@ -12,27 +12,26 @@ import pandas as pd
 
 from .core import has_data, runs_dir, spawn_seeds, check_rng
 from .reference import load_reference, load_people_texts
-from .metrics import evaluate, noise_floor, compare_table
+from .metrics import evaluate, reference_floor, compare_table
 from .align import align
+from .pra import split_ids, itemsgen_persona
 
 # %% auto #0
-__all__ = ['demo_pool', 'plot_marginals', 'run_demo']
+__all__ = ['demo_pool', 'plot_marginals', 'demo_reference', 'run_demo']
 
 # %% ../nbs/18_demo.ipynb #00e420f4
 def demo_pool(n:int,                # personas to draw
               seed:int=0,           # seed for the draw
               data_dir=None,        # data root searched first
              )->pd.DataFrame:       # id, persona, source
-    "The demo's persona pool: itemsgen people's own statements when available, else template personas."
+    "The demo's persona pool: itemsgen eval-half people's own statements when available, else template personas."
     rng = check_rng(seed)
     if has_data("openpsychometrics/itemsgen/data.csv", data_dir):
         t = load_people_texts("itemsgen", data_dir=data_dir)
+        t = t[t.person_id.astype(str).isin(split_ids(t.person_id.astype(str).tolist(), (0.5, 0.5), names=("train", "eval"))["eval"])]
         t = t.iloc[np.sort(rng.choice(len(t), size=min(n, len(t)), replace=False))]
-        def render(r):
-            said = " ".join(f'"{s.strip()}"' for s in (r.item1, r.item2, r.item3) if isinstance(s, str) and s.strip())
-            return f"This person describes what is unique about their personality in their own words: {said}"
-        return pd.DataFrame({"id": t["person_id"].astype(str).to_numpy(), "persona": [render(r) for r in t.itertuples()],
-                             "source": "itemsgen"})
+        return pd.DataFrame({"id": t["person_id"].astype(str).to_numpy(), "source": "itemsgen (eval half)",
+                             "persona": [itemsgen_persona((r.item1, r.item2, r.item3)) for r in t.itertuples()]})
     from popalign.respond import synthetic_personas
     return pd.DataFrame({"id": [f"t{i}" for i in range(n)], "persona": synthetic_personas(n, seed=int(rng.integers(2**31))),
                          "source": "template"})
@@ -61,48 +60,60 @@ def plot_marginals(sets:dict,        # label → (n, d) trait scores
     return path
 
 # %% ../nbs/18_demo.ipynb #3a2c1a61
-def run_demo(n_personas:int|None=None, # pool size (default 60: 3,000 prompts on ipip50, a few minutes on 2 idle cores)
+def demo_reference(seed:int=0, data_dir=None, held_out:float=0.2)->tuple:
+    "(reference, held-out people): BIG5's eval half (or psych::bfi) split into the reference and people held out for the floor."
+    if has_data("openpsychometrics/BIG5/data.csv", data_dir):
+        ref = load_reference("big5", data_dir=data_dir)
+        ids = split_ids(list(ref.responses.index), (0.5, 0.5), names=("train", "eval"))["eval"]
+    else: ref = load_reference("bfi"); ids = list(ref.responses.index)
+    perm = [ids[i] for i in check_rng(seed).permutation(len(ids))]
+    k = int(round(held_out * len(perm)))
+    return ref.select(perm[k:], "demo reference"), ref.select(perm[:k], "held out for the floor")
+
+# %% ../nbs/18_demo.ipynb #e04b4092
+def run_demo(n_personas:int|None=None, # pool size (default 60: 3,000 prompts on ipip50)
              out:str|Path|None=None,   # output folder (default runs/demo)
              seed:int=0,               # seed for every random choice
-             llm=None,                 # an LLM backend (default: the embedded model)
+             llm=None,                 # an LLM backend (default: the embedded model with the shipped adapter)
              select:float=1/3,         # fraction of the pool to select
+             random_draws:int=50,      # seeded random selections (their mean and 95 % range are reported)
              verbose:bool=True,
             )->dict:                   # paths and the metrics table
-    "Persona pool → responses → alignment → metrics beside the floor and random selection → figure."
+    "Persona pool → responses → alignment → metrics beside the like-for-like floor and random selection → figure."
     from popalign.llm import load_llm
     from popalign.respond import respond
     t0 = time.perf_counter()
     out = Path(out) if out else runs_dir("demo"); out.mkdir(parents=True, exist_ok=True)
-    s_pool, s_align, s_floor = spawn_seeds(seed, 3)
-    ref = load_reference("big5") if has_data("openpsychometrics/BIG5/data.csv") else load_reference("bfi")
-    inst = ref.instrument
-    n_personas = n_personas or 60
-    pool = demo_pool(n_personas, seed=s_pool)
-    if verbose: print(f"[1/5] pool: {len(pool)} personas from {pool.source.iloc[0]}; reference {ref.name} "
-                      f"({len(ref):,} people, {inst.name}, {len(inst.item_ids)} items)")
+    s_pool, s_align, s_floor, s_rand = spawn_seeds(seed, 4)
+    ref, held = demo_reference(s_floor); inst = ref.instrument
+    pool = demo_pool(n_personas or 60, seed=s_pool)
+    if verbose: print(f"[1/5] pool: {len(pool)} personas from {pool.source.iloc[0]}; reference {ref.name} ({len(ref):,} people; "
+                      f"{len(held):,} more held out for the floor), {inst.name}, {len(inst.item_ids)} items")
     llm = llm or load_llm()
-    if verbose: print(f"[2/5] responses: {llm.backend} {llm.model_id}")
-    R = respond(pool, inst, llm, verbose=verbose)
-    R.save(out/"responses.npz")
-    X = R.expected()
-    S_pool = inst.score(X).to_numpy(float); S_h = ref.scores().to_numpy(float)
+    if verbose: print(f"[2/5] responses: {llm.backend} {llm.model_id}, adapter {getattr(llm, 'adapter', None)}")
+    R = respond(pool, inst, llm, verbose=verbose); R.save(out/"responses.npz")
+    X = R.expected(); S_pool = inst.score(X).to_numpy(float); S_h = ref.scores().to_numpy(float)
     N = max(10, int(round(select * len(pool))))
     if verbose: print(f"[3/5] align: select N={N} of {len(pool)}")
     res = align(X, ref, N, seed=s_align)
-    rnd = align(X, ref, N, method="random", seed=s_align)
-    results = {"raw pool": evaluate(S_pool, S_h, seed=seed), "random": evaluate(S_pool[rnd.indices], S_h, seed=seed),
-               "aligned": evaluate(S_pool[res.indices], S_h, seed=seed)}
-    if verbose: print(f"[4/5] metrics beside the human noise floor at n={N}")
-    floor = noise_floor(S_h, N, reps=20, seed=s_floor)
+    rnd = pd.DataFrame([evaluate(S_pool[align(X, ref, N, method="random", seed=s).indices], S_h, seed=seed)
+                        for s in spawn_seeds(s_rand, random_draws)])
+    results = {"raw pool": evaluate(S_pool, S_h, seed=seed), "random": rnd.mean().to_dict(), "aligned": evaluate(S_pool[res.indices], S_h, seed=seed)}
+    if verbose: print(f"[4/5] metrics beside the like-for-like floor: {N} held-out people vs the same reference")
+    floor = reference_floor(held.scores().to_numpy(float), S_h, N, reps=50, seed=s_floor)
     table = compare_table(results, floor)
+    table.insert(2, "random_lo", rnd.quantile(0.025).reindex(table.index)); table.insert(3, "random_hi", rnd.quantile(0.975).reindex(table.index))
     table.to_csv(out/"demo_metrics.csv")
     traits = [inst.trait_names.get(t, t) for t in inst.traits]
     step = 1 / max(len(inst.trait_items(t)) for t in inst.traits)
-    fig = plot_marginals({f"humans ({ref.name})": S_h, "raw pool": S_pool, "aligned": S_pool[res.indices]}, traits,
+    fig = plot_marginals({f"people ({ref.name})": S_h, "raw pool": S_pool, "aligned": S_pool[res.indices]}, traits,
                          out/"demo_marginals.png", inst.scale_min, inst.scale_max, step,
-                         title=f"{llm.model_id}: {len(pool)} personas, {N} selected")
+                         title=f"{llm.model_id} + adapter {getattr(getattr(llm, 'adapter', None), 'hash', 'none')}: {len(pool)} personas, {N} selected")
     if verbose:
-        print(f"[5/5] figure: {fig}")
-        print(table.round(4).to_string())
+        print(f"[5/5] figure: {fig}"); print(table.round(4).to_string())
+        a, f_, lo, hi = table.loc["AMW", "aligned"], table.loc["AMW", "floor"], table.loc["AMW", "random_lo"], table.loc["AMW", "random_hi"]
+        print(f"AMW: aligned {a:.3f} = {a / f_:.2f} x the floor {f_:.3f}; random {table.loc['AMW', 'random']:.3f} "
+              f"[{lo:.3f}, {hi:.3f}] over {random_draws} draws; pool trait SD / people's: "
+              + ", ".join(f"{t} {S_pool[:, j].std(ddof=1) / S_h[:, j].std(ddof=1):.2f}" for j, t in enumerate(inst.traits)))
         print(f"mean valid mass on the options: {np.nanmean(R.valid_mass):.3f}; done in {time.perf_counter() - t0:.0f}s")
     return dict(out=str(out), figure=str(fig), table=table, responses=str(out/"responses.npz"), align=res)

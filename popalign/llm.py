@@ -511,7 +511,8 @@ class TransformersLLM(_TokenizerMixin, LLM):
         self._kv_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self._state_layers, self._states = None, None   # answer-position hidden states, collected while scoring when set
         from popalign.adapter import resolve_adapter   # the adapter layer sits below llm; imported here to keep import light
-        self.adapter = resolve_adapter(adapter, self, embedded=model is None)
+        self.embedded = model is None
+        self.adapter = resolve_adapter(adapter, self, embedded=self.embedded)
 
     def _key_params(self):
         d = dict(dtype=str(self.dtype).replace("torch.", ""))
@@ -553,6 +554,10 @@ class TransformersLLM(_TokenizerMixin, LLM):
         head = self.adapter is not None and self.adapter.head is not None
         if not head: return self._base_logprobs(prompts, options)
         lp, S = self.answer_states(prompts, options, self.adapter.layers)
+        if self.cache is not None:   # the base model's answers come free with the adapted ones: keep them too
+            kp = {k: v for k, v in self._key_params().items() if k != "adapter"}
+            self.cache.put_many({ResponseCache.key("lp", self.backend, self.model_id, kp, p, list(options)): list(map(float, r))
+                                 for p, r in zip(prompts, lp)}, "lp")
         return self.adapter.apply(lp, S, options)
 
     def answer_states(self, prompts:Sequence[str], # rendered prompts
@@ -970,7 +975,9 @@ def serve(llm:LLM|None=None,        # a local backend (default: the embedded tra
          )->LLMServer:
     "Serve `llm` over a minimal OpenAI-compatible HTTP API (for tests and local use)."
     from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-    llm = llm if llm is not None else TransformersLLM(cache=False)
+    # the token-level API (generation, per-token log-probs) is the base LM's: a head adapter reshapes option
+    # distributions only, which this API cannot carry, so the default server runs the bare model
+    llm = llm if llm is not None else TransformersLLM(cache=False, adapter=None)
     name = model_name or llm.model_id
     lock = threading.Lock()
 
@@ -1199,7 +1206,7 @@ SETTINGS_FILES = ("popalign.toml", ".popalign.toml", "popalign.yaml", ".popalign
 SETTINGS_ENV = dict(backend="POPALIGN_BACKEND", model="POPALIGN_MODEL", cache="POPALIGN_CACHE", no_cache="POPALIGN_NO_CACHE",
                     temperature="POPALIGN_TEMPERATURE", seed="POPALIGN_SEED", max_tokens="POPALIGN_MAX_TOKENS",
                     base_url="POPALIGN_OPENAI_BASE_URL", api_key="OPENAI_API_KEY", device="POPALIGN_DEVICE",
-                    tensor_parallel_size="POPALIGN_TP")
+                    tensor_parallel_size="POPALIGN_TP", adapter="POPALIGN_ADAPTER")
 
 @dataclass
 class Settings:
@@ -1215,6 +1222,7 @@ class Settings:
     api_key: str|None = None
     device: str|None = None
     tensor_parallel_size: int = 1
+    adapter: str|None = "default"     # response adapter folder; "default": the shipped one for the embedded model; "none": none
     options: dict = field(default_factory=dict)   # further backend options, passed to load_llm
     sources: dict = field(default_factory=dict, repr=False)  # where each value came from
 
@@ -1255,6 +1263,8 @@ class Settings:
             o.update(base_url=self.base_url, api_key=self.api_key)
         if self.backend in ("transformers", "hf") and self.device: o["device"] = self.device
         if self.backend == "vllm": o["tensor_parallel_size"] = self.tensor_parallel_size
+        if self.backend in ("transformers", "hf", "torch", "vllm"):
+            o["adapter"] = None if str(self.adapter).lower() in ("none", "") or self.adapter is None else self.adapter
         return {**o, **self.options}
 
     def to_dict(self)->dict:

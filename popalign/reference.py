@@ -278,6 +278,17 @@ def sample(self:Reference,
     pos = np.sort(check_rng(seed).choice(len(self), size=int(n), replace=False))
     return _take(self, pos, f"sample n={n} seed={seed}")
 
+@patch
+def select(self:Reference,
+           ids,              # person ids (index labels), e.g. one side of a split
+           note:str="",      # what the selection is, for `notes`
+          )->Reference:
+    "The people with these ids, in file order, as a new Reference."
+    pos = np.flatnonzero(self.responses.index.isin(list(ids)))
+    missing = len(set(ids)) - len(pos)
+    if missing: raise ValueError(f"{missing} of the {len(set(ids))} ids are not in reference {self.name!r}.")
+    return _take(self, pos, note or f"select {len(pos)} ids")
+
 # %% ../nbs/02_reference.ipynb #f32fe062
 IPIP_FFM_COLUMNS = {f"{a}{i}": f"{b}{i}" for a, b in (("EXT", "E"), ("EST", "N"), ("AGR", "A"), ("CSN", "C"), ("OPN", "O"))
                     for i in range(1, 11)}

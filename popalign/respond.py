@@ -370,6 +370,7 @@ def bench_respond(n_personas:int=4,          # personas
                   seed:int=0,
                   repeats:int=1,             # rounds over all methods; each method reports its fastest round
                   sizes=None,                # unused (CLI symmetry with other benchmarks)
+                  adapter:str|None=None,     # also time "packed+adapter": packed scoring through this response adapter ("default": the shipped one)
                   verbose:bool=True,         # print one line per method
                  )->pd.DataFrame:
     "Scoring throughput of one-at-a-time, batched, prefix-shared and packed scoring on one model; one row per method."
@@ -377,7 +378,7 @@ def bench_respond(n_personas:int=4,          # personas
     from popalign.llm import TransformersLLM, SCORING_METHODS
     bad = [m for m in methods if m not in SCORING_METHODS + ("packed_1pass",)]
     if bad: raise ValueError(f"Unknown scoring methods {bad}; choose from {SCORING_METHODS + ('packed_1pass',)}.")
-    if llm is None: llm = TransformersLLM(model, cache=False, threads=threads, batch_size=batch_size)
+    if llm is None: llm = TransformersLLM(model, cache=False, threads=threads, batch_size=batch_size, adapter=None)
     elif threads: torch.set_num_threads(int(threads))
     if not isinstance(llm, TransformersLLM): raise TypeError("bench_respond measures the transformers backend; pass a TransformersLLM.")
     ins = _bench_instrument(n_items)
@@ -394,18 +395,26 @@ def bench_respond(n_personas:int=4,          # personas
             t0 = time.perf_counter(); llm.model(input_ids=ids, logits_to_keep=1); raw_s = min(raw_s, time.perf_counter() - t0)
     raw_tps = ids.numel() / raw_s
     best, ref = {}, None
+    views = {m: llm for m in methods}
+    if adapter is not None:                     # a view sharing the weights, scoring through the adapter
+        import copy
+        from popalign.adapter import resolve_adapter
+        v = copy.copy(llm); v.adapter = resolve_adapter(adapter, llm, embedded=getattr(llm, "embedded", False))
+        if v.adapter is None: raise ValueError(f"adapter {adapter!r} resolves to none for {llm.model_id}.")
+        views["packed+adapter"] = v; methods = list(methods) + ["packed+adapter"]
     for _ in range(max(1, int(repeats))):       # rounds interleave the methods, so a busy spell hits all of them
         for m in methods:
-            llm.scoring = "packed" if m == "packed_1pass" else m
-            llm.pack_tokens = 10**9 if m == "packed_1pass" else old[2]
-            llm.tokens_computed = 0
-            t0 = time.perf_counter(); lp = llm._option_logprobs(prompts, opts); dt = time.perf_counter() - t0
+            mm = views[m]
+            mm.scoring = "packed" if m in ("packed_1pass", "packed+adapter") else m
+            mm.pack_tokens = 10**9 if m == "packed_1pass" else old[2]
+            mm.tokens_computed = 0
+            t0 = time.perf_counter(); lp = mm._option_logprobs(prompts, opts); dt = time.perf_counter() - t0
             p = np.exp(lp - lp.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
             if ref is None: ref = p
             if m not in best or dt < best[m]["seconds"]:
                 best[m] = dict(method=m, personas=n_personas, items=n_items, prompts=len(prompts), prompt_tokens=float(np.mean(lens)),
-                               seconds=dt, prompts_per_s=len(prompts) / dt, tokens_computed=llm.tokens_computed,
-                               tokens_per_s=llm.tokens_computed / dt, frac_of_raw=llm.tokens_computed / dt / raw_tps,
+                               seconds=dt, prompts_per_s=len(prompts) / dt, tokens_computed=mm.tokens_computed,
+                               tokens_per_s=mm.tokens_computed / dt, frac_of_raw=mm.tokens_computed / dt / raw_tps,
                                max_abs_diff=float(np.abs(p - ref).max()))
     rows = [best[m] for m in methods]
     llm.scoring, llm.batch_size, llm.pack_tokens = old

@@ -142,6 +142,7 @@ def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for lo
                         reps:int=1000,             # bootstrap replicates over pairs (0: no intervals)
                         alpha:float=0.05,          # 1 − coverage of the intervals
                         verbose:bool=False,
+                        responder=None,            # fn(texts, instrument, items) -> Responses; None: `respond` with llm
                         **respond_options,         # passed to `respond`
                        )->Sensitivity:
     "Do opposite personas move a model's answers in the keyed direction? Per-trait fractions and separations."
@@ -166,7 +167,7 @@ def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for lo
     for t, G in groups:
         its = ins.trait_items(t) if t is not None else ins.item_ids
         texts = [x for h, l in zip(G.persona_high, G.persona_low) for x in (h, l)]   # high_0, low_0, high_1, ...
-        R = respond(texts, ins, llm, items=its, verbose=verbose, **respond_options)
+        R = responder(texts, ins, its) if responder else respond(texts, ins, llm, items=its, verbose=verbose, **respond_options)
         A = R.view(view); S = R.scores(view).to_numpy()
         vm = R.valid_mass.mean(1)
         for k, r in enumerate(G.itertuples()):
