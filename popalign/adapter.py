@@ -72,10 +72,11 @@ LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 FORMS = ("head", "lora")
 
 def adapter_hash(path:str|Path)->str:
-    "SHA-256 over the names and bytes of every file in an adapter folder (16 hex digits)."
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        h.update(f.relative_to(path).as_posix().encode()); h.update(b"\0"); h.update(f.read_bytes())
+    "SHA-256 (16 hex digits) over what changes answers: the weight files' bytes and pra.json's form, base and config."
+    path = Path(path); meta = read_adapter_meta(path)
+    h = hashlib.sha256(json.dumps({k: meta.get(k) for k in ("format", "version", "form", "base", "config")}, sort_keys=True).encode())
+    for name in (HEAD_FILE, *LORA_FILES):
+        if (path/name).is_file(): h.update(b"\0" + name.encode() + b"\0"); h.update((path/name).read_bytes())
     return h.hexdigest()[:16]
 
 def base_identity(llm)->dict:

@@ -642,8 +642,14 @@ class TransformersLLM(_TokenizerMixin, LLM):
         if past is not None: kw[self._kv_name] = past
         k = keep.to(self.device)
         if self._state_layers is not None: kw["output_hidden_states"] = True
-        try: res = self.model(**kw, logits_to_keep=k); logits = res.logits
-        except TypeError: res = self.model(**kw); logits = res.logits[k]
+        ok = getattr(self, "_keep_mask_ok", None)   # a boolean logits_to_keep mask needs a recent transformers
+        if ok is None:                               # first call: probe on a copy of the KV cache (a failed pass may extend it)
+            try:
+                probe = dict(kw, **({self._kv_name: copy.deepcopy(past)} if past is not None else {}))
+                res = self.model(**probe, logits_to_keep=k); logits = res.logits; self._keep_mask_ok = ok = True
+            except (TypeError, IndexError): self._keep_mask_ok = ok = False
+        elif ok: res = self.model(**kw, logits_to_keep=k); logits = res.logits
+        if not ok: res = self.model(**kw); logits = res.logits[k]
         logits = logits.reshape(-1, logits.shape[-1])
         self.tokens_computed += int(ids.numel()) if n_real is None else int(n_real)   # padding not counted
         sel = torch.as_tensor(flat_keep_pos, device=self.device)

@@ -25,9 +25,9 @@ __all__ = ['BIG5', 'BEHAVIOURS', 'PRONOUNS', 'GRADES', 'STATE_LAYERS', 'load_beh
            'to_grades', 'behaviour_personas', 'split_ids', 'pra_splits', 'item_subset', 'following_table',
            'sentences1_table', 'itemsgen_persona', 'itemsgen_table', 'StateStore', 'states_dir', 'extract_states',
            'PRAConfig', 'StateData', 'trait_scores', 'rank_loss', 'sliced_w2', 'Trainer', 'HeadTrainer', 'LoraTrainer',
-           'fit', 'training_parts', 'train_pra', 'responses_from_states', 'state_responder', 'scale_text_of',
-           'reversed_scale', 'shuffled_control', 'ridge_ceiling', 'with_adapter', 'evaluate_adapter', 'parse_settings',
-           'pra_train_cli']
+           'fit', 'training_parts', 'train_pra', 'responses_from_states', 'state_responder', 'llm_responder',
+           'scale_text_of', 'reversed_scale', 'shuffled_control', 'ridge_ceiling', 'with_adapter', 'evaluate_adapter',
+           'parse_settings', 'pra_train_cli']
 
 # %% ../nbs/15_pra.ipynb #077b073c
 BIG5 = ("E", "N", "A", "C", "O")
@@ -248,14 +248,14 @@ class PRAConfig:
     # the head
     layers: tuple = (14, 18, 22, 26, 30) # state layers the head reads
     rank: int = 16                     # bilinear rank
-    dropout: float = 0.1
+    dropout: float = 0.3
     # LoRA (form "lora")
     lora_r: int = 8
     lora_alpha: int = 16
     lora_layers: int = 4               # LoRA on the top this many decoder layers (q, k, v, o)
     # optimisation
     steps: int = 3000
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     batch_following: int = 32          # personas per step (a persona = its ~10 item prompts)
@@ -263,8 +263,8 @@ class PRAConfig:
     batch_pool: int = 64
     curriculum_steps: int = 300        # the first steps use personas that describe one trait only
     # the signals (weights; 0 switches one off)
-    w_following: float = 1.0           # cross-entropy toward the described person's own answers
-    w_rank: float = 1.0                # margin ranking between personas described at different grades
+    w_following: float = 0.2           # cross-entropy toward the described person's own answers
+    w_rank: float = 2.0                # margin ranking between personas described at different grades
     w_individual: float = 1.0          # SENTANCES1: squared error of predicted vs true trait scores
     w_dist: float = 1.0                # sliced W2 between pool and human trait scores (DIPA's D)
     w_anchor: float = 0.0              # KL to the base model's option distribution
@@ -278,6 +278,12 @@ class PRAConfig:
     def __post_init__(self):
         if self.form not in ("head", "lora"): raise ValueError(f"form must be 'head' or 'lora'; got {self.form!r}.")
         self.layers = tuple(int(l) for l in self.layers)
+        for f in self.__dataclass_fields__.values():   # "3e-4" from YAML is a string: coerce to the field's type
+            v, kind = getattr(self, f.name), type(f.default)
+            if kind in (int, float) and not isinstance(v, bool):
+                try: setattr(self, f.name, kind(float(v)) if kind is int and float(v).is_integer() else kind(v))
+                except (TypeError, ValueError): raise ValueError(f"PRA setting {f.name} must be a number; got {v!r}.") from None
+            elif kind is bool and not isinstance(v, bool): raise ValueError(f"PRA setting {f.name} must be true or false; got {v!r}.")
 
     @classmethod
     def from_dict(cls, d:dict)->PRAConfig:
@@ -657,6 +663,13 @@ def state_responder(llm,                      # base TransformersLLM (adapter=No
         return responses_from_states(st, tab, ins, ad)
     return responder
 
+def llm_responder(llm, verbose:bool=False):  # fn(texts, instrument, items=None) -> Responses
+    "`respond` through `llm` (base, or a view from `with_adapter`): every answer goes through the LLM's response cache."
+    from popalign.respond import respond
+    def responder(texts:Sequence[str], instrument, items:Sequence[str]|None=None):
+        return respond(list(texts), instrument, llm, items=items, verbose=verbose)
+    return responder
+
 def scale_text_of(ins:Instrument)->str:
     "The scale as the prompt shows it (part of an evaluation store's name: a reversed scale is another store)."
     from popalign.respond import scale_text
@@ -683,8 +696,8 @@ def ridge_ceiling(train:pd.DataFrame, test:pd.DataFrame, traits=BIG5, seed:int=0
     from sklearn.linear_model import RidgeCV
     from popalign.synth import embed
     from popalign.validity import correlate
-    m = RidgeCV(alphas=np.logspace(-2, 4, 25), alpha_per_target=True).fit(embed(train.text.tolist()), train[list(traits)].to_numpy(float))
-    P = pd.DataFrame(m.predict(embed(test.text.tolist())), columns=list(traits))
+    m = RidgeCV(alphas=np.logspace(-2, 4, 25), alpha_per_target=True).fit(embed(train.text.tolist(), None), train[list(traits)].to_numpy(float))
+    P = pd.DataFrame(m.predict(embed(test.text.tolist(), None)), columns=list(traits))
     return correlate(P, test[list(traits)].reset_index(drop=True), reps=1000, seed=seed)
 
 # %% ../nbs/15_pra.ipynb #1426bc13
@@ -708,8 +721,11 @@ def evaluate_adapter(adapter,                      # adapter folder (or "default
     from popalign.llm import TransformersLLM
     from popalign.validity import persona_sensitivity, individual_validity
     from popalign.reference import load_reference
+    from popalign.adapter import read_adapter_meta
     base = llm or TransformersLLM(None, adapter=None)
-    ad = with_adapter(base, adapter)
+    path = SHIPPED_ADAPTER if isinstance(adapter, str) and adapter == "default" else getattr(adapter, "path", adapter)
+    if read_adapter_meta(path)["form"] == "head": ad = with_adapter(base, path)
+    else: ad = TransformersLLM(None if getattr(base, "embedded", False) else base.path, adapter=path)   # a LoRA is merged: own copy
     rows = []
     for name, m in (("adapted", ad), ("base", base)):   # adapted first: it caches the base answers too
         sens = persona_sensitivity(m, n_per_trait=n_pairs, seed=seed, verbose=verbose)
