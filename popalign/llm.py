@@ -18,7 +18,7 @@ from .core import cache_dir, text_hash, PACKAGE_VERSION
 __all__ = ['CHATML_TEMPLATE', 'PLAIN_TEMPLATE', 'EMBEDDED_PACKAGE', 'EMBEDDED_MODULE', 'SCORING_METHODS', 'BACKENDS',
            'SETTINGS_FILES', 'SETTINGS_ENV', 'render_chat', 'ResponseCache', 'prompt_seed', 'LLM', 'ScriptedLLM',
            'embedded_model_path', 'load_hf_model', 'TransformersLLM', 'load_chat_template', 'OpenAILLM', 'LLMServer',
-           'serve', 'VLLMLLM', 'LlamaCppLLM', 'load_llm', 'Settings', 'load_llm_from_settings']
+           'serve', 'vllm_lora', 'VLLMLLM', 'LlamaCppLLM', 'load_llm', 'Settings', 'load_llm_from_settings']
 
 # %% ../nbs/04_llm.ipynb #fa2bc185
 CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -178,6 +178,9 @@ class LLM:
 
     # -- what changes answers besides the prompt (part of every cache key)
     def _key_params(self)->dict: return {}
+    def without_adapter(self)->LLM:
+        "The same model without a response adapter, for closed questions that are not persona answers (critic, tags)."
+        return self
     def describe(self)->dict:
         "Backend, model id and answer-changing settings, for provenance headers."
         return dict(backend=self.backend, model=self.model_id, **self._key_params())
@@ -353,6 +356,11 @@ def _transformers():
 
 # %% ../nbs/04_llm.ipynb #d1729598
 _CONVERTED_MARK = "popalign-converted.json"
+
+def _numeric(options)->bool:
+    "Are the options numbers (a scale a head adapter can reshape)?"
+    try: return len({float(o) for o in options}) >= 2
+    except (TypeError, ValueError): return False
 
 def _converted_dir(gguf:Path)->Path:
     "Where the safetensors copy of `gguf` lives: an existing copy under cache_dir() or the repository's .cache, else cache_dir()."
@@ -550,9 +558,14 @@ class TransformersLLM(_TokenizerMixin, LLM):
         return out[self._kv_name]
 
     # -- scoring methods
+    def without_adapter(self)->LLM:
+        "A view without the head adapter that shares the weights and cache (a merged LoRA cannot be taken out: self)."
+        if self.adapter is None or self.adapter.head is None: return self
+        v = copy.copy(self); v.adapter = None; return v
+
     def _option_logprobs(self, prompts, options):
-        head = self.adapter is not None and self.adapter.head is not None
-        if not head: return self._base_logprobs(prompts, options)
+        head = self.adapter is not None and self.adapter.head is not None and _numeric(options)
+        if not head: return self._base_logprobs(prompts, options)   # the head reshapes numeric scales only
         lp, S = self.answer_states(prompts, options, self.adapter.layers)
         if self.cache is not None:   # the base model's answers come free with the adapted ones: keep them too
             kp = {k: v for k, v in self._key_params().items() if k != "adapter"}
@@ -1066,6 +1079,16 @@ def _embedded_hf_dir()->Path:
     if not (_converted_dir(g)/_CONVERTED_MARK).exists(): _load_gguf(g, True, True)
     return _converted_dir(g)
 
+def vllm_lora(adapter)->dict|None:
+    "What the vLLM backend needs of a response adapter: None for none/'default', a LoRA's folder, hash and rank, or an error."
+    if adapter is None or (isinstance(adapter, str) and adapter == "default"): return None
+    from popalign.adapter import read_adapter_meta, adapter_hash
+    path = Path(getattr(adapter, "path", adapter)).expanduser(); meta = read_adapter_meta(path)
+    if meta["form"] != "lora":
+        raise ValueError(f"{path} is a head adapter: it reads the model's hidden states, which vLLM does not expose. "
+                         "Use the transformers backend for it, or train a LoRA (`popalign pra train --form lora`).")
+    return dict(path=path, hash=adapter_hash(path), rank=int(meta.get("config", {}).get("lora_r", 8)))
+
 class VLLMLLM(_TokenizerMixin, LLM):
     "vLLM offline engine (GPU) with automatic prefix caching and tensor parallelism."
     backend = "vllm"
@@ -1078,6 +1101,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
                  top_logprobs:int=20,                 # next-token alternatives read for single-token options
                  seed:int=0,                          # engine seed
                  cache=True, model_id:str|None=None, chunk_size:int=4096,
+                 adapter=None,                        # a LoRA response adapter folder (served by vLLM); "default"/None: none
                  **engine_kwargs):                    # passed to vllm.LLM
         try: import vllm
         except ImportError:
@@ -1087,7 +1111,13 @@ class VLLMLLM(_TokenizerMixin, LLM):
         kw = dict(model=str(path), tensor_parallel_size=int(tensor_parallel_size), enable_prefix_caching=enable_prefix_caching,
                   gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, seed=seed, max_logprobs=max(20, int(top_logprobs)))
         if max_model_len: kw["max_model_len"] = int(max_model_len)
+        self._lora = vllm_lora(adapter)          # checked before the engine starts: a bad adapter fails fast
+        if self._lora: kw.update(enable_lora=True, max_lora_rank=max(8, self._lora["rank"]))
         self.engine = vllm.LLM(**kw, **engine_kwargs)
+        self._lora_req = None
+        if self._lora:
+            from vllm.lora.request import LoRARequest
+            self._lora_req = LoRARequest("pra", 1, str(self._lora["path"]))
         self.tok = self.engine.get_tokenizer()
         self.top_logprobs, self.tensor_parallel_size = int(top_logprobs), int(tensor_parallel_size)
         try: ctx = self.engine.llm_engine.model_config.max_model_len
@@ -1099,7 +1129,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
         self._init_tokens()
         self._dtype = str(self.engine.llm_engine.model_config.dtype).replace("torch.", "") if hasattr(self.engine, "llm_engine") else dtype
 
-    def _key_params(self): return dict(dtype=self._dtype)
+    def _key_params(self): return dict(dtype=self._dtype, **({"adapter": self._lora["hash"]} if self._lora else {}))
 
     def _tp(self, ids): 
         from vllm.inputs import TokensPrompt
@@ -1111,7 +1141,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
         out = np.full((len(reqs), len(options)), np.nan)
         if any(len(o) == 1 for _, opts in reqs for o in opts):
             res = self.engine.generate([self._tp(c) for c, _ in reqs],
-                                       SP(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs), use_tqdm=False)
+                                       SP(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs), use_tqdm=False, lora_request=self._lora_req)
             for i, r in enumerate(res):
                 d = r.outputs[0].logprobs[0]
                 for j, o in enumerate(reqs[i][1]):
@@ -1119,7 +1149,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
         todo = [(i, j) for i in range(len(reqs)) for j in range(len(options)) if np.isnan(out[i, j])]
         if todo:   # exact: prompt_logprobs of prompt + option
             res = self.engine.generate([self._tp(reqs[i][0] + reqs[i][1][j]) for i, j in todo],
-                                       SP(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False)
+                                       SP(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False, lora_request=self._lora_req)
             for (i, j), r in zip(todo, res):
                 c, o = reqs[i][0], reqs[i][1][j]
                 out[i, j] = sum(r.prompt_logprobs[len(c) + k][o[k]].logprob for k in range(len(o)))
@@ -1128,7 +1158,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
     def _generate(self, prompts, max_tokens, temperature, seeds, stop):
         SP = self._vllm.SamplingParams
         params = [SP(max_tokens=max_tokens, temperature=temperature, seed=s, stop=stop or None) for s in seeds]
-        res = self.engine.generate([self._tp(self.encode(p)) for p in prompts], params, use_tqdm=False)
+        res = self.engine.generate([self._tp(self.encode(p)) for p in prompts], params, use_tqdm=False, lora_request=self._lora_req)
         return [r.outputs[0].text for r in res]
 
 # %% ../nbs/04_llm.ipynb #ae0827e4

@@ -247,6 +247,7 @@ def choose(llm,                    # object with `option_logprobs(prompts, optio
     options = list(options)
     if len(set(options)) != len(options) or len(options) < 2: raise ValueError(f"need two or more distinct options; got {options}.")
     if not prompts: return np.zeros(0, int), np.zeros((0, len(options))), np.zeros(0), np.zeros(0, bool)
+    if hasattr(llm, "without_adapter"): llm = llm.without_adapter()   # a judgement, not a persona's answer: the base model
     fmt = getattr(llm, "format_chat", None)
     ps = [fmt(None, p, prefill) for p in prompts] if callable(fmt) else [p + prefill for p in prompts]
     lp = np.asarray(llm.option_logprobs(ps, options, verbose=verbose), dtype=np.float64)

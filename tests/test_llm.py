@@ -24,7 +24,7 @@ def smol():
     import torch
     from popalign.llm import TransformersLLM
     n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield TransformersLLM(cache=False)
+    yield TransformersLLM(cache=False, adapter=None)   # base scoring: the other backends have no adapter
     torch.set_num_threads(n)
 
 
@@ -81,7 +81,7 @@ def test_packed_one_pass_computes_fewer_tokens(smol):
 def test_embedded_model_loads_fast_from_the_safetensors_copy(smol):
     from popalign.llm import _converted_dir, embedded_model_path, _CONVERTED_MARK, TransformersLLM
     assert (_converted_dir(embedded_model_path())/_CONVERTED_MARK).exists()
-    t0 = time.time(); again = TransformersLLM(cache=False); dt = time.time() - t0
+    t0 = time.time(); again = TransformersLLM(cache=False, adapter=None); dt = time.time() - t0
     assert again.model_id == smol.model_id and dt < 20, dt
 
 
@@ -220,7 +220,7 @@ def _cuda():
                     "(pip install 'popalign[vllm]' on a GPU machine)")
 def test_vllm_backend_matches_transformers():
     from popalign.llm import TransformersLLM, VLLMLLM
-    hf = TransformersLLM(cache=False, device="cpu", dtype="float32")
+    hf = TransformersLLM(cache=False, device="cpu", dtype="float32", adapter=None)
     ps = _prompts(hf)
     ref = hf.option_logprobs(ps, OPTS + ["Agree"])
     v = VLLMLLM(cache=False, dtype="float32", gpu_memory_utilization=0.3, tensor_parallel_size=1, max_model_len=2048)

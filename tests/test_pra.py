@@ -93,3 +93,20 @@ def test_cli_help_and_errors(tmp_path):
     assert r.returncode == 2 and "stepz" in r.stderr, r.stderr
     r = _cli("pra", "eval", str(tmp_path/"missing"))
     assert r.returncode == 2 and str(tmp_path/"missing") in r.stderr, r.stderr
+
+
+def test_head_reshapes_persona_scales_only(llm):
+    "The shipped head changes Likert answers; word options, `without_adapter()` and closed judgements (`choose`) stay base."
+    from popalign.respond import role_play_prompts
+    from popalign.mine import choose
+    ad = pra.with_adapter(llm, "default")
+    ins = load_instrument("ipip50")
+    ps = role_play_prompts(llm, ["Maya, 41, is the loudest voice at every party and loves meeting strangers."], ins, ins.item_ids[:4])
+    num = [str(o) for o in ins.options]
+    assert np.abs(ad.option_logprobs(ps, num) - llm.option_logprobs(ps, num)).max() > 1e-2
+    for opts in (["yes", "no"], ["Agree", "Disagree"]):
+        np.testing.assert_allclose(ad.option_logprobs(ps, opts), llm.option_logprobs(ps, opts), atol=1e-6)
+    np.testing.assert_allclose(ad.without_adapter().option_logprobs(ps, num), llm.option_logprobs(ps, num), atol=1e-6)
+    scores = [str(i) for i in range(1, 11)]
+    q = ["How well written is this persona, from 1 to 10? 'Maya runs a bakery.'"]
+    np.testing.assert_allclose(choose(ad, q, scores, prefill="Score: ")[1], choose(llm, q, scores, prefill="Score: ")[1], atol=1e-6)
