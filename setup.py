@@ -17,8 +17,7 @@ py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
-llm_requirements = shlex.split(cfg.get('llm_requirements', ''))
-vllm_requirements = shlex.split(cfg.get('vllm_requirements', ''))
+extras = {k: shlex.split(cfg.get(f'{k}_requirements', '')) for k in ('llm', 'pii', 'paper', 'vllm', 'llamacpp')}
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 
@@ -32,11 +31,12 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['popalign', 'popalign.*']),
     include_package_data=True,
-    # package data (the response-adapter material and the shipped adapter) travels in the wheel
-    package_data={'popalign': ['data/*.yaml', 'data/pra/*/*']},
+    # package data (instrument specs, taxonomy, value tables, validity pairs, the adapter) travels in the wheel
+    package_data={'popalign': ['data/*.yaml', 'data/*/*.yaml', 'data/pra/*/*']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements, 'test': dev_requirements,
-                    'llm': llm_requirements, 'vllm': vllm_requirements},
+    # the core needs none of the extras; popalign.core.require names the extra when a feature needs one
+    extras_require={'dev': dev_requirements, 'test': dev_requirements, **extras,
+                    'all': [r for k in ('llm', 'pii', 'paper') for r in extras[k]]},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),

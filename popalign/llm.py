@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .core import cache_dir, text_hash, PACKAGE_VERSION
+from .core import cache_dir, text_hash, PACKAGE_VERSION, require
 
 # %% auto #0
 __all__ = ['CHATML_TEMPLATE', 'PLAIN_TEMPLATE', 'EMBEDDED_PACKAGE', 'EMBEDDED_MODULE', 'SCORING_METHODS', 'BACKENDS',
@@ -349,10 +349,7 @@ def _torch():
     except ImportError: raise ImportError("The transformers backend needs PyTorch (pip install torch).") from None
 
 def _transformers():
-    try: import transformers; return transformers
-    except ImportError:
-        raise ImportError("The transformers backend needs `transformers`, `gguf` and `accelerate`: "
-                          "pip install 'popalign[llm]' (or: pip install transformers gguf accelerate).") from None
+    return require("transformers", "llm", "The transformers backend")
 
 # %% ../nbs/04_llm.ipynb #d1729598
 _CONVERTED_MARK = "popalign-converted.json"
@@ -824,7 +821,7 @@ def load_chat_template(source:str|Path|None)->str|None:
         if t: return t
         raise ValueError(f"{p} has no chat_template.")
     if p.suffix == ".gguf" and p.exists():
-        import gguf
+        gguf = require("gguf", "llm", "Reading a GGUF chat template")
         f = gguf.GGUFReader(str(p)).fields.get("tokenizer.chat_template")
         if f is None: raise ValueError(f"{p} has no tokenizer.chat_template.")
         return bytes(f.parts[f.data[0]]).decode()
@@ -854,8 +851,7 @@ class OpenAILLM(LLM):
                  max_retries:int=3,                 # retries of a failed connection (with back-off)
                  timeout:float=120.0,               # seconds per request
                  cache=True, model_id:str|None=None, max_context:int|None=None, chunk_size:int=256):
-        try: import openai
-        except ImportError: raise ImportError("The openai backend needs the `openai` package: pip install openai.") from None
+        openai = require("openai", "llm", "The openai backend")
         if scoring not in ("echo", "top"): raise ValueError(f"scoring must be 'echo' or 'top'; got {scoring!r}.")
         self.base_url = (base_url or os.environ.get("POPALIGN_OPENAI_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
                          or "http://127.0.0.1:8000/v1").rstrip("/")
@@ -1103,9 +1099,7 @@ class VLLMLLM(_TokenizerMixin, LLM):
                  cache=True, model_id:str|None=None, chunk_size:int=4096,
                  adapter=None,                        # a LoRA response adapter folder (served by vLLM); "default"/None: none
                  **engine_kwargs):                    # passed to vllm.LLM
-        try: import vllm
-        except ImportError:
-            raise ImportError("The vllm backend needs vLLM and a CUDA GPU: pip install 'popalign[vllm]' (or pip install vllm).") from None
+        vllm = require("vllm", "vllm", "The vllm backend (a CUDA GPU)")
         self._vllm = vllm
         path = _embedded_hf_dir() if model is None else model
         kw = dict(model=str(path), tensor_parallel_size=int(tensor_parallel_size), enable_prefix_caching=enable_prefix_caching,
@@ -1168,10 +1162,7 @@ class LlamaCppLLM(LLM):
     def __init__(self, model:str|Path|None=None,  # .gguf file; None: the embedded model
                  n_ctx:int=4096, n_threads:int|None=None, n_gpu_layers:int=0, n_batch:int=512, seed:int=0,
                  cache=True, model_id:str|None=None, chunk_size:int=256, verbose:bool=False):
-        try: import llama_cpp
-        except ImportError:
-            raise ImportError("The llamacpp backend needs llama-cpp-python, which builds from source here (about 8 min): "
-                              "CMAKE_ARGS=\"-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF\" pip install llama-cpp-python") from None
+        llama_cpp = require("llama_cpp", "llamacpp", "The llamacpp backend")
         self._lc = llama_cpp
         path = embedded_model_path() if model is None else Path(str(model)).expanduser()
         if path.suffix.lower() != ".gguf" or not path.is_file(): raise FileNotFoundError(f"llamacpp needs a .gguf file; got {path}.")

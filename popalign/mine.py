@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import find_data, has_data, text_hash, provenance, save_artifact, load_artifact
+from .core import find_data, has_data, text_hash, provenance, save_artifact, load_artifact, fingerprint, run_stage
 from .reference import decode_utf7
 
 # %% auto #0
@@ -24,8 +24,7 @@ __all__ = ['PROMPTS', 'CRITIC_DEFINITIONS', 'PREFILLS', 'ANSWER_MODES', 'BLOG_NA
            'render_completion', 'read_sentences1', 'read_jsonl_corpus', 'read_corpus', 'clean_text', 'rule_clean',
            'count_tokens', 'has_first_person', 'filter_segments', 'dedup', 'drop_small_authors', 'chain_options',
            'prefilter', 'parse_clean', 'llm_clean', 'parse_quality', 'llm_quality', 'aggregate_authors',
-           'evidence_scores', 'is_third_person', 'parse_persona', 'llm_persona', 'mine', 'fingerprint', 'describe_llm',
-           'mine_cli']
+           'evidence_scores', 'is_third_person', 'parse_persona', 'llm_persona', 'mine', 'describe_llm', 'mine_cli']
 
 # %% ../nbs/06_mine.ipynb #e0b19c92
 class EmptyResultError(ValueError):
@@ -852,18 +851,6 @@ def _toy_llm_answer(prompt:str, seed:int=0)->str:
     return ""
 
 # %% ../nbs/06_mine.ipynb #3824e4bb
-def fingerprint(path:str|Path|None)->str:
-    "A hash of a file's bytes, or of a folder's file names and sizes (cheap for the 19k-file blog folder)."
-    if path is None: return "builtin"
-    p = Path(path)
-    if p.is_dir():
-        return text_hash(*[f"{q.relative_to(p)}:{q.stat().st_size}" for q in sorted(p.rglob("*")) if q.is_file()])
-    import hashlib
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()[:16]
-
 def describe_llm(llm)->str|None:
     "A short description of an LLM object for provenance (its `name`/`model` attribute or its class)."
     if llm is None: return None
@@ -874,13 +861,6 @@ def describe_llm(llm)->str|None:
             except TypeError: v = None
         if isinstance(v, (str, dict)): return v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
     return type(llm).__name__
-
-def _done(output:Path, run_key:str):
-    "The saved provenance when `output` exists and was made by the same run, else None."
-    if not output.exists(): return None
-    try: _, prov = load_artifact(output)
-    except Exception: return None
-    return prov if prov.get("run_key") == run_key else None
 
 def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl); None with source itemsgen/sentences1 uses the shared data
              output:str|Path,              # .jsonl or .parquet persona file
@@ -906,24 +886,23 @@ def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl);
     opts = chain_options(source, **options)
     params = dict(source=source, deterministic_only=deterministic_only, limit_authors=limit_authors, seed=seed,
                   retries=retries, **opts)
-    run_key = text_hash(json.dumps(params, sort_keys=True, default=str), fp, json.dumps(prompt_hashes(), sort_keys=True),
-                        str(describe_llm(llm)))
-    prev = _done(output, run_key)
-    if prev is not None and not overwrite: return output, Funnel(prev.get("funnel"))
-    if limit_authors is not None:
-        keep = pd.unique(segments["author_id"])[:limit_authors]
-        segments = segments[segments["author_id"].isin(keep)].reset_index(drop=True)
-    if deterministic_only:
-        df, funnel = prefilter(segments, seed=seed, verbose=verbose, **opts)
-        out = aggregate_authors(df, min_posts=opts["min_posts"], max_chars=opts.get("max_chars", 12000), funnel=funnel)
-    else:
-        llm_opts = {k: v for k, v in opts.items() if k in ("min_tokens", "first_person", "dedup_scope", "near_threshold", "min_posts",
-                    "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence", "prefills",
-                    "answer", "third_person")}
-        out, funnel = mine(segments, llm, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose, **llm_opts)
-    prov = provenance(seed=seed, params=params, stage="mine", input=str(input) if input else source, input_fingerprint=fp,
-                      prompt_hashes=prompt_hashes(["clean", "quality_choice" if opts.get("answer") == "choice" else "quality", "persona"]),
-                      llm=describe_llm(llm),
-                      reader_skipped=segments.attrs.get("skipped", {}), funnel=funnel.records, run_key=run_key)
-    save_artifact(out, output, prov)
-    return output, funnel
+    def compute():
+        segs = segments
+        if limit_authors is not None:
+            keep = pd.unique(segs["author_id"])[:limit_authors]
+            segs = segs[segs["author_id"].isin(keep)].reset_index(drop=True)
+        if deterministic_only:
+            df, funnel = prefilter(segs, seed=seed, verbose=verbose, **opts)
+            out = aggregate_authors(df, min_posts=opts["min_posts"], max_chars=opts.get("max_chars", 12000), funnel=funnel)
+        else:
+            llm_opts = {k: v for k, v in opts.items() if k in ("min_tokens", "first_person", "dedup_scope", "near_threshold", "min_posts",
+                        "llm_clean", "keep_quality", "require_harmless", "max_chars", "match_threshold", "min_evidence", "prefills",
+                        "answer", "third_person")}
+            out, funnel = mine(segs, llm, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose, **llm_opts)
+        kinds = ["clean", "quality_choice" if opts.get("answer") == "choice" else "quality", "persona"]
+        return out, funnel.records, dict(input=str(input) if input else source, input_fingerprint=fp,
+                                         prompt_hashes=prompt_hashes(kinds), llm=describe_llm(llm),
+                                         reader_skipped=segments.attrs.get("skipped", {}))
+    key = (fp, json.dumps(prompt_hashes(), sort_keys=True), describe_llm(llm))
+    output, records = run_stage("mine", output, params, compute, key, report_field="funnel", seed=seed, overwrite=overwrite)
+    return output, Funnel(records)

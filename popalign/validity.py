@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .core import REPO_ROOT, find_data, check_rng, provenance
+from .core import package_file, find_data, check_rng, provenance
 from .instruments import Instrument, load_instrument
 from .llm import LLM, load_llm
 from .respond import respond, Responses
@@ -30,9 +30,8 @@ PAIR_FIELDS = ("id", "trait", "who", "high", "low")
 _STOP = set("i a an the to of in on at my me am is are be do don't not have has with for and or it things".split())
 
 def pairs_path()->Path:
-    "The shipped pair file: `<repo>/data/validity/sensitivity_pairs.yaml`, else `validity/…` under the data roots."
-    p = REPO_ROOT/"data"/PAIRS_FILE
-    return p if p.exists() else find_data(PAIRS_FILE)
+    "The shipped pair file, inside the package: `popalign/data/validity/sensitivity_pairs.yaml`."
+    return package_file(PAIRS_FILE)
 
 def _sentences(text:str)->list[str]:
     return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]

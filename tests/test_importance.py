@@ -8,8 +8,9 @@ import torch
 from scipy.special import logsumexp
 from scipy.spatial.distance import cdist
 
-from popalign.importance import (importance_weights, kde_log_density, select_top, synthetic_responses, bench_kde,
+from popalign.importance import (importance_weights, kde_log_density, select_top, synthetic_responses,
                                  subsample_error, scale_responses)
+from popalign.bench import bench_kde
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from popalign.core import find_data, has_data
+from popalign.core import find_data, has_data, package_file
 from popalign.instruments import Instrument, load_instrument, item_rest_correlations
 from popalign.reference import (IPIP_FFM_COLUMNS, REFERENCES, Reference, load_people_texts, load_reference, read_table)
 
@@ -199,7 +199,7 @@ def test_big5_subgroup_matches_pandas():
 
 @needs(BIG5)
 def test_custom_instrument_on_named_reference():
-    inst = Instrument.from_spec(Path(__file__).resolve().parent.parent / "data" / "instruments" / "example_spec.yaml")
+    inst = Instrument.from_spec(package_file("instruments/example_spec.yaml"))
     ref = load_reference("big5", instrument=inst)
     full = load_reference("big5")
     assert list(ref.responses.columns) == inst.item_ids

@@ -11,7 +11,8 @@ from scipy.stats import spearmanr
 
 from popalign.core import ConvergenceWarning
 from popalign.importance import synthetic_responses, importance_weights
-from popalign.transport import persona_weights, transport_plan, cost_matrix, bench_ot, METHODS
+from popalign.transport import persona_weights, transport_plan, cost_matrix, METHODS
+from popalign.bench import bench_ot
 
 ROOT = Path(__file__).resolve().parent.parent
 
