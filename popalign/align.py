@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from .core import check_array, check_rng
+from .core import check_array, check_rng, renamed_arg
 from .importance import importance_weights, select_top
 from .transport import persona_weights
 
@@ -42,20 +42,20 @@ class AlignResult:
 # %% ../nbs/12_align.ipynb #aace77ba
 def systematic_resample(weights:np.ndarray, # (n,) non-negative, sum > 0
                         n:int,              # how many draws
-                        random_state=None,  # seed or Generator
+                        seed=None,  # seed or Generator
                        )->np.ndarray:       # (n,) indices, sorted
     "Systematic (low-variance) resampling: one uniform offset, n evenly spaced points on the weight CDF."
     w = np.asarray(weights, float); c = np.cumsum(w / w.sum()); c[-1] = 1.0
-    u = (check_rng(random_state).random() + np.arange(n)) / n
+    u = (check_rng(seed).random() + np.arange(n)) / n
     return np.searchsorted(c, u, side="right").clip(max=len(w) - 1)
 
 def draw_from_weights(weights:np.ndarray, # (n,) weights, sum > 0
                       n:int,              # how many to draw
                       draw:str="multinomial", # multinomial | without_replacement | systematic
-                      random_state=None,
+                      seed=None,
                      )->np.ndarray:
     "Draw `n` indices from weights by the named scheme."
-    rng = check_rng(random_state); w = np.asarray(weights, float); p = w / w.sum()
+    rng = check_rng(seed); w = np.asarray(weights, float); p = w / w.sum()
     if draw == "multinomial": return rng.choice(len(p), size=n, replace=True, p=p)
     if draw == "systematic": return systematic_resample(p, n, rng)
     if draw == "without_replacement":
@@ -70,10 +70,10 @@ def herd(Y:np.ndarray,           # (m, d) points to summarize
          n:int,                  # how many to choose (distinct)
          bandwidth:float|None=None, # Gaussian kernel width; None: median pairwise distance on a sample
          max_m:int=8000,         # herd from a seeded subsample of at most this many points
-         random_state=None,
+         seed=None,
         )->np.ndarray:           # (n,) row indices into Y, in herding order
     "Kernel herding: greedily pick points of Y whose empirical distribution tracks Y's kernel mean (Chen et al. 2010)."
-    rng = check_rng(random_state)
+    rng = check_rng(seed)
     idx = np.arange(len(Y)) if len(Y) <= max_m else np.sort(rng.choice(len(Y), max_m, replace=False))
     Z = np.asarray(Y, float)[idx]; m = len(Z)
     if n > m: raise ValueError(f"herding needs n <= points; got n={n} > {m}.")
@@ -96,7 +96,7 @@ def _sqdist(A, B):
 def assignment_draw(Xc:np.ndarray,        # (k, d) candidate vectors (already item-weighted)
                     Y:np.ndarray,         # (m, d) human vectors (same space)
                     n:int,                # how many personas
-                    random_state=None,
+                    seed=None,
                     max_pairs:int=20_000_000, # exact matching up to n × k entries, greedy above
                     block:int=256,
                     humans:str="random",  # "random" draws of Y, or "herding" (low-discrepancy)
@@ -104,8 +104,8 @@ def assignment_draw(Xc:np.ndarray,        # (k, d) candidate vectors (already it
     "Match n human vectors (random or herded) to n distinct candidates (exact assignment, greedy above `max_pairs`)."
     k = len(Xc)
     if n > k: raise ValueError(f"assignment needs n <= candidates; got n={n} > {k} candidates.")
-    rng = check_rng(random_state)
-    if humans == "herding" and n <= len(Y): H = Y[herd(Y, n, random_state=rng)]
+    rng = check_rng(seed)
+    if humans == "herding" and n <= len(Y): H = Y[herd(Y, n, seed=rng)]
     else: H = Y[rng.choice(len(Y), size=n, replace=n > len(Y))]
     if n * k <= max_pairs:
         r, c = linear_sum_assignment(_sqdist(H, Xc))
@@ -121,7 +121,9 @@ def assignment_draw(Xc:np.ndarray,        # (k, d) candidate vectors (already it
 # %% ../nbs/12_align.ipynb #4ba2e824
 def _pool_matrix(pool, instrument):
     "Pool as a float array in the instrument's item order (DataFrame columns checked, Responses accepted)."
-    if hasattr(pool, "expected") and callable(pool.expected): pool = pool.expected()
+    if hasattr(pool, "expected") and callable(pool.expected):      # Responses: checked to answer this instrument
+        from popalign.respond import check_instrument
+        check_instrument(pool, instrument); pool = pd.DataFrame(pool.expected(), columns=pool.item_ids)
     if isinstance(pool, pd.DataFrame):
         instrument.check_columns(pool)
         return check_array(pool[instrument.item_ids].to_numpy(float), "pool")
@@ -157,13 +159,15 @@ class SelectionWeights:
 
 def selection_weights(pool, reference, method:str="is+semi_relaxed", seed:int=0, space:str="traits",
                       bandwidth:float=0.2, keep:float=0.7, item_weights=None, eps_scale:float=0.05,
-                      n_iter:int=250, tau:float=1.0, max_human:int|None=None, device=None)->SelectionWeights:
+                      max_iter:int=250, tau:float=1.0, max_human:int|None=None, device=None,
+                      n_iter:int|None=None)->SelectionWeights:
     "The weighting stages of `align` (importance sampling, then OT) without the draw; arguments as in `align`."
+    max_iter = renamed_arg(n_iter, max_iter, "n_iter", "max_iter")
     if method not in METHODS or method in ("raw", "random"):
         raise ValueError(f"Unknown weighting method '{method}'; choose one of {METHODS[2:]}.")
     inst = reference.instrument
     X = _pool_matrix(pool, inst)
-    seeds = np.random.SeedSequence(seed).spawn(4)
+    seeds = np.random.SeedSequence(seed).spawn(5)   # 0 random, 1 reference subsample, 2 IS, 3 draw, 4 OT: one child each
     Y = reference.X
     if max_human and len(Y) > max_human: Y = Y[np.random.default_rng(seeds[1]).choice(len(Y), max_human, replace=False)]
     Xs, Ys = _space(X, Y, inst, space, item_weights)
@@ -180,15 +184,15 @@ def selection_weights(pool, reference, method:str="is+semi_relaxed", seed:int=0,
         stages = stages[1:]
     if stages:
         t = time.perf_counter()
-        wo, info = persona_weights(Xs[cand], Ys, method=stages[0], eps_scale=eps_scale, n_iter=n_iter, tau=tau,
-                                   device=device, seed=int(seeds[2].generate_state(1)[0]))
+        wo, info = persona_weights(Xs[cand], Ys, method=stages[0], eps_scale=eps_scale, max_iter=max_iter, tau=tau,
+                                   device=device, seed=int(seeds[4].generate_state(1)[0]))
         w = np.zeros(len(X)); w[cand] = wo
         diag["ot"] = {**{k: v for k, v in info.items() if np.isscalar(v)}, "seconds": time.perf_counter() - t}
     return SelectionWeights(w / w.sum(), cand, Xs, Ys, method, space, diag)
 
 def draw_selection(sw:SelectionWeights,  # from `selection_weights`
                    n:int,                # how many personas
-                   draw:str="herding",   # one of DRAWS
+                   draw:str="assignment", # one of DRAWS (the default of `align`)
                    seed:int=0,
                   )->AlignResult:
     "Draw `n` personas from selection weights by the named scheme."
@@ -199,9 +203,9 @@ def draw_selection(sw:SelectionWeights,  # from `selection_weights`
     if draw in ("assignment", "herding"):
         if n > len(cand): raise ValueError(f"n={n} is larger than the candidate set ({len(cand)} after IS); raise keep or lower n.")
         live = cand[w[cand] > 0] if (w[cand] > 0).sum() >= n else cand   # never match a persona the OT stage zeroed
-        idx = live[assignment_draw(sw.Xs[live], sw.Ys, n, random_state=rs, humans="herding" if draw == "herding" else "random")]
+        idx = live[assignment_draw(sw.Xs[live], sw.Ys, n, seed=rs, humans="herding" if draw == "herding" else "random")]
     else:
-        idx = cand[draw_from_weights(w[cand], n, draw, random_state=rs)]
+        idx = cand[draw_from_weights(w[cand], n, draw, seed=rs)]
     diag = {**sw.diagnostics, "n": n, "unique": int(len(np.unique(idx)))}
     return AlignResult(idx, w, cand, sw.method, draw, sw.space, diag)
 
@@ -218,12 +222,14 @@ def align(pool,                      # persona × item responses: DataFrame (ite
           keep:float=0.7,            # fraction of the pool kept by importance sampling
           item_weights=None,         # (n_items,) item weights for space="items"
           eps_scale:float=0.05,      # entropic regularization, times the median cost
-          n_iter:int=250,            # Sinkhorn iterations (balanced / unbalanced)
+          max_iter:int=250,            # Sinkhorn iterations (balanced / unbalanced)
           tau:float=1.0,             # KL penalty on the persona marginal (unbalanced)
           max_human:int|None=None,   # use a seeded subsample of the reference of this size (None: all)
           device=None,               # torch device for the heavy stages
+          n_iter:int|None=None,      # deprecated name of max_iter
          )->AlignResult:
     "Select `n` personas from `pool` whose answers are distributed like `reference`'s (001 §3.2, with variants)."
+    max_iter = renamed_arg(n_iter, max_iter, "n_iter", "max_iter")
     if method not in METHODS: raise ValueError(f"Unknown method '{method}'; choose one of {METHODS}.")
     if replace is not None: draw = "multinomial" if replace else "without_replacement"
     if draw not in DRAWS: raise ValueError(f"Unknown draw '{draw}'; choose one of {DRAWS}.")
@@ -238,6 +244,6 @@ def align(pool,                      # persona × item responses: DataFrame (ite
         return AlignResult(rng.choice(len(X), n, replace=False), np.full(len(X), 1/len(X)), np.arange(len(X)),
                            method, "uniform", space, diag)
     sw = selection_weights(X, reference, method=method, seed=seed, space=space, bandwidth=bandwidth, keep=keep,
-                           item_weights=item_weights, eps_scale=eps_scale, n_iter=n_iter, tau=tau,
+                           item_weights=item_weights, eps_scale=eps_scale, max_iter=max_iter, tau=tau,
                            max_human=max_human, device=device)
     return draw_selection(sw, n, draw, seed=seed)

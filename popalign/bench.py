@@ -134,7 +134,7 @@ def bench_kde(sizes=None,            # sizes like "5k", "20kx100k", "160kx1m" (N
 # %% ../nbs/11a_bench.ipynb #f50129f0
 BENCH_OT_SIZES = ("5k", "10k", "20kx100k", "160kx1m")
 
-def _bench_ot_child(n, m, d, method, n_iter, pot, seed, threads, eps_scale, tau, batch, block, dtype):
+def _bench_ot_child(n, m, d, method, max_iter, pot, seed, threads, eps_scale, tau, batch, block, dtype):
     if threads: torch.set_num_threads(int(threads))
     X = synthetic_responses(n, d, shift=0.3, spread=0.8, seed=seed + 1)
     Y = synthetic_responses(m, d, seed=seed + 2)
@@ -142,7 +142,7 @@ def _bench_ot_child(n, m, d, method, n_iter, pot, seed, threads, eps_scale, tau,
     c0, t0 = cpu_seconds(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        w, info = persona_weights(X, Y, method, eps_scale=eps_scale, n_iter=n_iter, tau=tau, tol=0, batch=batch,
+        w, info = persona_weights(X, Y, method, eps_scale=eps_scale, max_iter=max_iter, tau=tau, tol=0, batch=batch,
                                   block=block, dtype=dtype, seed=seed)
     sec, cpu, peak = time.perf_counter() - t0, cpu_seconds() - c0, peak_mb()
     dd = d + 2
@@ -162,9 +162,9 @@ def _bench_ot_child(n, m, d, method, n_iter, pot, seed, threads, eps_scale, tau,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if method == "balanced":
-                Q = ot.bregman.sinkhorn_log(b, a, M.T.contiguous(), info["eps"], numItermax=n_iter, stopThr=0).T
+                Q = ot.bregman.sinkhorn_log(b, a, M.T.contiguous(), info["eps"], numItermax=max_iter, stopThr=0).T
             elif method == "unbalanced":
-                Q = ot.unbalanced.sinkhorn_unbalanced(a, b, M, info["eps"], (info["tau"], float("inf")), numItermax=n_iter, stopThr=0)
+                Q = ot.unbalanced.sinkhorn_unbalanced(a, b, M, info["eps"], (info["tau"], float("inf")), numItermax=max_iter, stopThr=0)
             else:
                 Q = ot.unbalanced.sinkhorn_unbalanced(a, b, M, info["eps"], (0, float("inf")), numItermax=1, stopThr=0)
         out["pot_s"] = time.perf_counter() - t; out["pot_peak_mb"] = peak_mb()
@@ -184,7 +184,7 @@ def _bench_ot_child(n, m, d, method, n_iter, pot, seed, threads, eps_scale, tau,
 def bench_ot(sizes=None,                         # sizes like "5k", "10k", "20kx100k", "160kx1m" (None: BENCH_OT_SIZES)
              methods=("balanced", "semi_relaxed"), # formulations to time
              d:int=50,                           # items (Likert 1–5, latent-factor model)
-             n_iter:int=250,                     # Sinkhorn iterations (fixed: tol=0)
+             max_iter:int=250,                     # Sinkhorn iterations (fixed: tol=0)
              pot:bool=True,                      # compare with POT where n·m ≤ 10⁸
              seed:int=0,
              threads:int|None=None,              # torch threads in the child (None: torch default)
@@ -201,7 +201,7 @@ def bench_ot(sizes=None,                         # sizes like "5k", "10k", "20kx
         n, m = parse_size(s)
         for meth in methods:
             bt = batch if batch is not None else (10_000 if meth == "balanced" and n * m > 10**8 else None)
-            kw = dict(n=n, m=m, d=d, method=meth, n_iter=n_iter, pot=pot, seed=seed, threads=threads,
+            kw = dict(n=n, m=m, d=d, method=meth, max_iter=max_iter, pot=pot, seed=seed, threads=threads,
                       eps_scale=eps_scale, tau=tau, batch=bt, block=block, dtype=dtype)
             r = run_isolated("popalign.bench", "_bench_ot_child", **kw) if isolate else _bench_ot_child(**kw)
             r["size"] = f"{fmt_size(n)}x{fmt_size(m)}"; rows.append(r)

@@ -286,12 +286,12 @@ def _cmd_respond(a):
 
 def _cmd_align(a):
     import numpy as np, pandas as pd
-    from popalign.respond import Responses
+    from popalign.respond import Responses, check_instrument
     from popalign.reference import load_reference
     from popalign.align import align
     from popalign.metrics import evaluate, noise_floor, compare_table
     R = Responses.load(a.responses); ref = load_reference(a.reference)
-    R.instrument = ref.instrument
+    check_instrument(R, ref.instrument, where=a.responses)   # never re-label answers to another instrument
     X = pd.DataFrame(R.expected(), columns=R.item_ids)
     res = align(X, ref, a.n, method=a.method, space=a.space, draw=a.draw, seed=a.seed)
     rnd = align(X, ref, a.n, method="random", seed=a.seed)
@@ -305,7 +305,7 @@ def _cmd_align(a):
     return 0
 
 def _prefills(a)->dict:
-    from popalign.mine import PREFILLS
+    from popalign.prompts import PREFILLS
     return dict(PREFILLS) if a.prefill else {}
 
 def _cmd_mine(a):
@@ -351,14 +351,14 @@ def _cmd_serve(a):
     return 0
 
 def _cmd_pra(a):
-    from popalign import pra
+    from popalign import pra, pra_data, pra_eval
     if a.action == "train":
         pra.pra_train_cli(a.form, a.out, a.settings, a.config, a.model, command=" ".join(["popalign"] + sys.argv[1:]))
         return 0
     from popalign.llm import TransformersLLM
     from popalign.adapter import read_adapter_meta
     if a.adapter: read_adapter_meta(a.adapter)          # a bad folder fails before the model loads
-    df = pra.evaluate_adapter(a.adapter or "default", a.pairs, a.people, a.pool, TransformersLLM(a.model, adapter=None), a.seed)
+    df = pra_eval.evaluate_adapter(a.adapter or "default", a.pairs, a.people, a.pool, TransformersLLM(a.model, adapter=None), a.seed)
     tab = df.pivot_table(index=["check", "trait"], columns="model", values="value", sort=False)
     print(tab.round(3).to_string())
     if a.out: Path(a.out).parent.mkdir(parents=True, exist_ok=True); df.to_csv(a.out, index=False); print(f"wrote: {a.out}")

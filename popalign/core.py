@@ -13,9 +13,9 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'package_file', 'data_roots', 'find_data',
-           'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'require', 'provenance',
-           'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done', 'run_stage', 'runs_dir',
-           'cache_dir', 'rdata_table']
+           'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'renamed_arg', 'require',
+           'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done', 'run_stage',
+           'runs_dir', 'cache_dir', 'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
 def __version__():
@@ -110,6 +110,15 @@ def check_array(X, name:str="X", ndim:int=2, finite:bool=True, dtype=np.float64)
         raise ValueError(f"{name} has {int((~np.isfinite(A)).sum())} NaN/inf values (first at index {tuple(int(i) for i in bad)}); "
                          "drop or impute them first.")
     return A
+
+def renamed_arg(old_value,     # what the caller passed under the old name (None: not passed)
+                value,         # the value under the new name
+                old:str, new:str,
+               ):
+    "The value of a renamed argument; the old name still works, with a DeprecationWarning naming the new one."
+    if old_value is None: return value
+    warnings.warn(f"`{old}` is deprecated; use `{new}` (the name POT and scikit-learn use).", DeprecationWarning, stacklevel=3)
+    return old_value
 
 # %% ../nbs/00_core.ipynb #c7952802
 EXTRAS = {"llm": "transformers, sentence-transformers, peft, openai, gguf, accelerate",

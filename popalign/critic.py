@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import text_hash, provenance, save_artifact, load_artifact, fingerprint, run_stage
-from .mine import (PROMPTS, PREFILLS, CRITIC_DEFINITIONS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes,
-                   describe_llm, count_tokens)
+from .core import text_hash, load_artifact, fingerprint, run_stage
+from .prompts import PROMPTS, PREFILLS, CRITIC_DEFINITIONS, render, prompt_hashes
+from .ask import ANSWER_MODES, ask, choose, json_object, describe_llm
 
 # %% auto #0
 __all__ = ['DIMENSIONS', 'SCORE_OPTIONS', 'parse_critic', 'critic_prompt_hash', 'words', 'critique', 'critic_report',

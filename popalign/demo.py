@@ -14,7 +14,7 @@ from .core import has_data, runs_dir, spawn_seeds, check_rng
 from .reference import load_reference, load_people_texts
 from .metrics import evaluate, reference_floor, compare_table
 from .align import align
-from .pra import split_ids, itemsgen_persona
+from .pra_data import split_ids, itemsgen_persona
 
 # %% auto #0
 __all__ = ['demo_pool', 'plot_marginals', 'demo_reference', 'run_demo']

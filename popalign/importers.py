@@ -11,8 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core import load_artifact, fingerprint, run_stage
-
+from .core import fingerprint, run_stage
 
 # %% auto #0
 __all__ = ['TEXT_CANDIDATES', 'NEMOTRON_TEXT_FIELDS', 'NEMOTRON_DEMOGRAPHICS', 'detect_layout', 'read_personas', 'import_cli']

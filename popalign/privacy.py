@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_privacy.ipynb #b9d538e2
 from __future__ import annotations
-import json, os, random, re
+import json, random, re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import text_hash, provenance, save_artifact, load_artifact, fingerprint, run_stage, require
-from .mine import PROMPTS, ANSWER_MODES, render, ask, choose, json_object, prompt_hashes, describe_llm
+from .core import text_hash, load_artifact, fingerprint, run_stage, require
+from .prompts import render, prompt_hashes
+from .ask import ANSWER_MODES, ask, choose, json_object, describe_llm
 
 # %% auto #0
 __all__ = ['ENTITY_TYPES', 'PRIORITY', 'DEFAULT_MODEL', 'PHONE_REGIONS', 'DETECT_PREFILL', 'DETECT_OPTIONS', 'luhn_ok', 'iban_ok',

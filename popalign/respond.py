@@ -19,7 +19,7 @@ from .llm import LLM, load_llm, load_llm_from_settings, Settings, ScriptedLLM
 
 # %% auto #0
 __all__ = ['SYSTEM_TEMPLATE', 'USER_TEMPLATE', 'PREFILL', 'scale_text', 'role_play_prompts', 'ValidMassWarning', 'Responses',
-           'respond', 'parse_likert', 'synthetic_personas', 'bench_respond', 'respond_cli']
+           'respond', 'check_instrument', 'parse_likert', 'synthetic_personas', 'bench_respond', 'respond_cli']
 
 # %% ../nbs/05_respond.ipynb #b7b4d291
 SYSTEM_TEMPLATE = ("You are role-playing the person described below. Stay in character: answer every question as this "
@@ -280,6 +280,25 @@ def respond(personas,                        # list of persona texts, a Series, 
                       backend=llm.backend, llm=llm.describe(), prompt_hash=text_hash(system_template, user_template, prefill),
                       n_personas=P, n_items=I, n_truncated=int(cut.sum()), seconds=round(time.time() - t0, 3))
     return Responses(probs, [int(o) for o in ins.options], item_ids, mass, ids, cut, failures, mode, meta, ins)
+
+# %% ../nbs/05_respond.ipynb #a26d6ce2
+def check_instrument(R:Responses,              # responses (their provenance records the instrument's name)
+                     instrument:Instrument,    # the instrument they are about to be scored or compared with
+                     where:str="responses",    # how to name R in the message (e.g. its file)
+                    )->Responses:              # R, with `instrument` attached
+    "Refuse responses to another instrument: the recorded name, the item ids and the options must match."
+    problems = []
+    name = R.meta.get("instrument")
+    if name and name != instrument.name: problems.append(f"they answer '{name}', not '{instrument.name}'")
+    extra = [i for i in R.item_ids if i not in set(instrument.item_ids)]
+    if extra: problems.append(f"items {extra[:5]} are not items of {instrument.name}")
+    scale = list(range(int(instrument.scale_min), int(instrument.scale_max) + 1))
+    if list(R.options) != scale: problems.append(f"their options {list(R.options)} are not {instrument.name}'s scale {scale}")
+    if problems:
+        raise ValueError(f"{where} cannot be used with {instrument.name}: " + "; ".join(problems) + ". Ask the personas this "
+                         f"instrument (popalign respond … --instrument {instrument.name}) or use a reference of '{name or 'their instrument'}'.")
+    R.instrument = instrument
+    return R
 
 # %% ../nbs/05_respond.ipynb #765d4907
 def parse_likert(text:str,            # the model's answer (after the prefill)

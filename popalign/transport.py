@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import check_rng, ConvergenceWarning
+from .core import check_rng, ConvergenceWarning, renamed_arg
 from .tiled import (as_matrix, resolve_device, torch_dtype, tile_shape, sync, check_positive, to_tensor, augment,
                             col_mean, maxdot_rows, expsum_rows, exp_floor, safe_sums, workers, pmap, thread_buffer)
 
@@ -19,6 +19,16 @@ __all__ = ['METHODS', 'median_cost', 'persona_weights', 'transport_plan', 'cost_
 
 # %% ../nbs/11_transport.ipynb #867031a1
 METHODS = ("semi_relaxed", "balanced", "unbalanced")
+
+def _marginal(v, k:int, name:str, dev)->torch.Tensor:
+    "A marginal as a float64 tensor summing to 1: None → uniform; else k positive finite numbers (normalized)."
+    if v is None: return torch.full((k,), 1.0 / k, dtype=torch.float64, device=dev)
+    v = np.asarray(v, dtype=np.float64)
+    if v.shape != (k,) or not np.isfinite(v).all() or (v <= 0).any():
+        bad = "" if v.shape != (k,) else f"; first bad entry at {int(np.flatnonzero(~np.isfinite(v) | (v <= 0))[0])}"
+        raise ValueError(f"{name} must be {k} positive finite numbers (one per row of {'X' if name == 'a' else 'Y'}); "
+                         f"got shape {v.shape}{bad}. Drop rows that should carry no mass instead of giving them 0.")
+    return torch.as_tensor(v / v.sum(), device=dev)
 
 def _prepare(X, Y, item_weights, dev, dt):
     "Validated inputs; item weights applied as √w column scaling (zero-weight items dropped); torch copies."
@@ -154,10 +164,12 @@ class _Stream:
     def col_lse(self, fb, t): return self._lse(self.B, self.A, self.d + 1, self.d, fb, t)
 
 # %% ../nbs/11_transport.ipynb #620913b8
-def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
-    "Persona weights Σ_j b_j softmax_i(−C_ij/ε), streamed over human blocks. → (w float64 tensor, fallback cols, evals)"
+def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False, a=None, b=None):
+    "Persona weights Σ_j b_j softmax_i(log a_i − C_ij/ε), streamed over human blocks. → (w float64 tensor, fallback cols, evals)"
     c = col_mean(Yt); d = Xt.shape[1]
     A = augment(Xt, c, 1 / eps, "x"); B = augment(Yt, c, 1 / eps, "y")
+    if a is not None: A[:, d] += torch.log(a).to(A.dtype)        # column d of A meets B's ones column: + log a_i
+    bw = (torch.full((len(B),), 1.0 / len(B), dtype=torch.float64, device=A.device) if b is None else b)
     n, m = len(A), len(B); lo = exp_floor(A.dtype); dev = A.device
     cols = max(1, min(cols, m, (1 << 27) // (n * A.element_size())))   # each worker's n × cols buffer ≤ 128 MB
     sub = torch.as_tensor(np.sort(rng.choice(n, 2048, replace=False)), device=dev) if n > 4096 else None
@@ -179,7 +191,7 @@ def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
             nfb = int((~safe_sums(Z)).sum())
             for i0 in range(0, n, rows): torch.mm(A[i0:i0+rows], Bj.T, out=E[i0:i0+rows])
             E.sub_(E.amax(0)).clamp_min_(lo).exp_(); Z = E.sum(0, dtype=torch.float64)
-        st[1].add_(torch.mv(E, (1.0 / (m * Z)).to(E.dtype)))
+        st[1].add_(torch.mv(E, (bw[j0:j0+nj] / Z).to(E.dtype)))
         if nfb:
             with lock: fbs.append((nfb, nj))
         return nj
@@ -191,21 +203,22 @@ def _semi_relaxed(Xt, Yt, eps, rows, cols, rng, verbose=False):
 _TLS_SEMI = threading.local()
 
 # %% ../nbs/11_transport.ipynb #29c7bb0f
-def _sinkhorn(kern, n, m, kappa, n_iter, tol, verbose=False, desc="sinkhorn"):
-    "Log-domain Sinkhorn on a kernel object. → (weights float64 tensor, φ, ψ, error history, fallbacks)"
+def _sinkhorn(kern, n, m, kappa, max_iter, tol, verbose=False, desc="sinkhorn", a=None, b=None, psi0=None):
+    "Log-domain Sinkhorn on a kernel object (marginals a, b; ψ warm start). → (weights float64 tensor, φ, ψ, error history, fallbacks)"
     dev = kern.A.device if hasattr(kern, "A") else kern.K.device
-    loga, logb = -math.log(n), -math.log(m)
-    phi = torch.zeros(n, dtype=torch.float64, device=dev); psi = torch.zeros(m, dtype=torch.float64, device=dev)
+    loga = -math.log(n) if a is None else torch.log(a); logb = -math.log(m) if b is None else torch.log(b)
+    phi = torch.zeros(n, dtype=torch.float64, device=dev)
+    psi = torch.zeros(m, dtype=torch.float64, device=dev) if psi0 is None else psi0.to(dev, torch.float64)
     Lp = Mp = None; errs = []; nfb = 0
     it = 0
-    with tqdm(total=n_iter, disable=not verbose, desc=desc, leave=False) as pb:
+    with tqdm(total=max_iter, disable=not verbose, desc=desc, leave=False) as pb:
         while True:
             L, k = kern.row_lse(psi + logb, None if Lp is None else -Lp); nfb += k; Lp = L
             if it > 0:
                 r = torch.exp(loga + phi + L)
                 err = float((r - torch.exp(loga + (1 - kappa) * L)).abs().sum())
                 errs.append(err); pb.set_postfix(err=f"{err:.2e}")
-                if it >= n_iter or err <= tol: break
+                if it >= max_iter or err <= tol: break
             phi = -kappa * L
             M, k = kern.col_lse(phi + loga, None if Mp is None else -Mp); nfb += k; Mp = M
             psi = -M
@@ -213,68 +226,86 @@ def _sinkhorn(kern, n, m, kappa, n_iter, tol, verbose=False, desc="sinkhorn"):
     return r, phi, psi, errs, nfb, it
 
 # %% ../nbs/11_transport.ipynb #c071c190
-def _check_args(method, eps_scale, tau, n_iter, tol):
+def _check_args(method, eps_scale, tau, max_iter, tol):
     if method not in METHODS: raise ValueError(f"Unknown method '{method}'; choose one of {METHODS}.")
     eps_scale = check_positive(eps_scale, "eps_scale")
     if eps_scale < 1e-12: raise ValueError(f"eps_scale={eps_scale} is too small (costs/ε would overflow); use ≥ 1e-12.")
     tau = check_positive(tau, "tau") if method == "unbalanced" else (None if tau is None else float(tau))
-    if not isinstance(n_iter, (int, np.integer)) or n_iter < 1: raise ValueError(f"n_iter must be a positive integer; got {n_iter!r}.")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1: raise ValueError(f"max_iter must be a positive integer; got {max_iter!r}.")
     try: tol = float(tol)
     except (TypeError, ValueError): tol = -1
     if not tol >= 0: raise ValueError(f"tol must be a non-negative number; got {tol!r}.")
     return eps_scale, tau, tol
 
-def _solve(Xt, Yt, method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, verbose):
+def _solve(Xt, Yt, method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, verbose, a=None, b=None, psi0=None):
     "One problem (no batching). → (weights float64 numpy, info)"
     n, m = len(Xt), len(Yt)
     info = {}
     if method == "semi_relaxed":
-        w, nfb, ev = _semi_relaxed(Xt, Yt, eps, *blk, rng, verbose)
+        w, nfb, ev = _semi_relaxed(Xt, Yt, eps, *blk, rng, verbose, a, b)
         info.update(mode="stream", iterations=1, marginal_error=0.0, err_history=[], fallback=nfb, pair_evals=ev)
         return w, info
     kappa = 1.0 if method == "balanced" else tau_abs / (tau_abs + eps)
     if n * m * torch.empty((), dtype=dt).element_size() <= dense_mb * 2**20: kern = _Dense(Xt, Yt, eps, dt)
     else: kern = _Stream(Xt, Yt, eps, dt, *blk)
-    r, phi, psi, errs, nfb, it = _sinkhorn(kern, n, m, kappa, n_iter, tol, verbose, f"{method} {n}×{m}")
+    r, phi, psi, errs, nfb, it = _sinkhorn(kern, n, m, kappa, max_iter, tol, verbose, f"{method} {n}×{m}", a, b, psi0)
     info.update(mode=kern.mode, iterations=it, marginal_error=errs[-1], err_history=errs, fallback=nfb,
                 pair_evals=kern.evals, kappa=kappa, f=(eps * phi).cpu().numpy(), g=(eps * psi).cpu().numpy())
     return r, info
 
-def _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, verbose, dev):
-    "The whole problem (k = 1) or k random batches. → (weights numpy, info, number of batches or None)"
+def _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, verbose, dev,
+               a=None, b=None, psi0=None):
+    "The whole problem (k = 1) or k random batches (each keeps its personas' share of a). → (weights numpy, info, batches or None)"
     if k == 1:
-        w, info = _solve(Xt, Yt, method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, verbose)
+        w, info = _solve(Xt, Yt, method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, verbose, a, b, psi0)
         return w.cpu().numpy(), info, None
     px, py = np.array_split(rng.permutation(n), k), np.array_split(rng.permutation(m), k)
     w = np.zeros(n); infos = []
-    for a, b in tqdm(list(zip(px, py)), disable=not verbose, desc=f"{k} batches", leave=False):
-        ia, ib = torch.as_tensor(a, device=dev), torch.as_tensor(b, device=dev)
-        wb, ib_ = _solve(Xt[ia], Yt[ib], method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, False)
-        w[a] = wb.cpu().numpy() / wb.sum().item() * len(a) / n; infos.append(ib_)
+    for pa, pb in tqdm(list(zip(px, py)), disable=not verbose, desc=f"{k} batches", leave=False):
+        ia, ib = torch.as_tensor(pa, device=dev), torch.as_tensor(pb, device=dev)
+        ab = None if a is None else a[ia] / a[ia].sum(); bb = None if b is None else b[ib] / b[ib].sum()
+        wb, ib_ = _solve(Xt[ia], Yt[ib], method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, False, ab, bb)
+        share = len(pa) / n if a is None else float(a[ia].sum())
+        w[pa] = wb.cpu().numpy() / wb.sum().item() * share; infos.append(ib_)
     info = dict(mode=infos[0]["mode"], iterations=max(i["iterations"] for i in infos),
                 marginal_error=max(i["marginal_error"] for i in infos), fallback=sum(i["fallback"] for i in infos),
                 pair_evals=sum(i["pair_evals"] for i in infos), batch_errors=[i["marginal_error"] for i in infos])
     return w, info, k
+
+def _warm_start(init, m, method, k, eps, dev):
+    "ψ₀ = g / ε from an earlier run's human potential g (cost units), or None."
+    if init is None: return None
+    if method == "semi_relaxed": raise ValueError("init (a warm start) applies to Sinkhorn iterations; semi_relaxed is one closed-form pass.")
+    if k > 1: raise ValueError("init (a warm start) cannot be used with batch: each batch is a different problem.")
+    g = np.asarray(init[1] if isinstance(init, tuple) else init, dtype=np.float64)
+    if g.shape != (m,) or not np.isfinite(g).all():
+        raise ValueError(f"init must be the human potential g of shape ({m},) (info['g'] of an earlier run); got shape {g.shape}.")
+    return torch.as_tensor(g / eps, device=dev)
 
 def persona_weights(X:np.ndarray,            # (n, d) persona (pool) response vectors
                     Y:np.ndarray,            # (m, d) human response vectors, same items
                     method:str="semi_relaxed", # "semi_relaxed" | "balanced" (paper) | "unbalanced"
                     item_weights=None,       # (d,) non-negative item weights w_k in C = Σ w_k (x_k − y_k)² (None: 1)
                     eps_scale:float=0.05,    # ε = eps_scale × median cost
-                    n_iter:int=250,          # Sinkhorn iterations, at most (paper: 250)
+                    max_iter:int=250,          # Sinkhorn iterations, at most (paper: 250)
                     tau:float=1.0,           # unbalanced: KL penalty on the persona marginal, × median cost
                     block=None,              # tile (rows, cols); None → 1024 × 256 on CPU, 8192 × 1024 on CUDA
                     batch:int|None=None,     # split personas and humans into random batches of ≤ batch (paper: 10,000)
                     device=None,             # None (cpu), 'auto', 'cuda'
                     seed:int=0,              # seed for the median sample, shifts and batches
                     verbose:bool=False,      # progress bars
-                    tol:float=1e-4,          # stop when the L1 marginal error ≤ tol; warn if never reached (0: run n_iter, no warning)
+                    tol:float=1e-4,          # stop when the L1 marginal error ≤ tol; warn if never reached (0: run max_iter, no warning)
                     dtype="float32",         # compute dtype of the kernels (potentials and sums are float64)
                     dense_mb:float=1024,     # keep the dense cost matrix when it fits in this many MB
+                    a=None,                  # (n,) persona marginal (balanced), KL reference (unbalanced) or prior (semi-relaxed); None: uniform
+                    b=None,                  # (m,) human marginal, e.g. survey weights (None: uniform)
+                    init=None,               # warm start: the human potential g (m,) of an earlier run (info["g"]); balanced / unbalanced
+                    n_iter:int|None=None,    # deprecated name of max_iter (POT's name is used now)
                    )->tuple:                 # (weights (n,) summing to 1, info dict)
     "OT weight of each persona against the humans: semi-relaxed (default), balanced (paper 001 §3.2) or unbalanced."
+    max_iter = renamed_arg(n_iter, max_iter, "n_iter", "max_iter")
     t0 = time.perf_counter()
-    eps_scale, tau, tol = _check_args(method, eps_scale, tau, n_iter, tol)
+    eps_scale, tau, tol = _check_args(method, eps_scale, tau, max_iter, tol)
     dev, dt = resolve_device(device), torch_dtype(dtype); blk = tile_shape(block, dev)
     if batch is not None and (not isinstance(batch, (int, np.integer)) or batch < 1):
         raise ValueError(f"batch must be a positive integer or None; got {batch!r}.")
@@ -287,20 +318,24 @@ def persona_weights(X:np.ndarray,            # (n, d) persona (pool) response ve
     eps = eps_scale * med; tau_abs = None if tau is None else tau * med
     t2 = time.perf_counter()
     k = 1 if batch is None else min(math.ceil(max(n, m) / batch), n, m)
+    at, bt = (None if a is None else _marginal(a, n, "a", dev)), (None if b is None else _marginal(b, m, "b", dev))
+    psi0 = _warm_start(init, m, method, k, eps, dev)
     with workers(dev):
-        w, info, parts = _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, n_iter, tol, dt, blk, dense_mb, rng, verbose, dev)
+        w, info, parts = _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, verbose, dev,
+                                    at, bt, psi0)
     sync(dev); t3 = time.perf_counter()
     w = np.clip(w, 0, None); w = w / w.sum()
     converged = method == "semi_relaxed" or info["marginal_error"] <= tol
     if not converged and tol > 0:
-        knobs = "increase n_iter, raise eps_scale" + (", lower tau" if method == "unbalanced" else "") + " or raise tol"
-        warnings.warn(f"{method} Sinkhorn did not converge in n_iter={n_iter} iterations: L1 marginal error "
+        knobs = "increase max_iter, raise eps_scale" + (", lower tau" if method == "unbalanced" else "") + " or raise tol"
+        warnings.warn(f"{method} Sinkhorn did not converge in max_iter={max_iter} iterations: L1 marginal error "
                       f"{info['marginal_error']:.2e} > tol={tol:g} (eps_scale={eps_scale:g}"
                       + (f", tau={tau:g}" if method == "unbalanced" else "") + f"). To converge, {knobs}.",
                       ConvergenceWarning, stacklevel=2)
     d = Xt.shape[1]
     info.update(method=method, eps=eps, eps_scale=eps_scale, median_cost=med, tau=tau_abs, tau_scale=tau,
-                n_iter=n_iter, tol=tol, converged=converged, n=n, m=m, d=d, batches=parts, device=str(dev),
+                marginals="uniform" if a is None and b is None else "given", warm_start=init is not None,
+                max_iter=max_iter, tol=tol, converged=converged, n=n, m=m, d=d, batches=parts, device=str(dev),
                 dtype=str(dt).replace("torch.", ""), block=blk, threads=torch.get_num_threads(), ess=float(1 / np.sum(w * w)),
                 tv_from_uniform=float(0.5 * np.abs(w - 1 / n).sum()),
                 seconds=dict(prepare=t1 - t0, median=t2 - t1, solve=t3 - t2, total=time.perf_counter() - t0))
@@ -313,25 +348,28 @@ def transport_plan(X:np.ndarray,             # (n, d) persona vectors
                    method:str="semi_relaxed",
                    item_weights=None,
                    eps_scale:float=0.05,
-                   n_iter:int=250,
+                   max_iter:int=250,
                    tau:float=1.0,
                    seed:int=0,
                    tol:float=1e-4,
                    dtype="float64",          # small problems: float64 by default
                    max_entries:int=10**8,    # refuse plans larger than this (800 MB in float64)
                    device=None,
+                   a=None, b=None,           # marginals, as in `persona_weights`
                   )->tuple:                  # (P dense (n, m) float64 numpy, info)
     "The dense transport plan of `persona_weights` (small problems; for comparisons with POT)."
     X = as_matrix(X, "X"); Y = as_matrix(Y, "Y", d=X.shape[1])
     if len(X) * len(Y) > max_entries:
         raise ValueError(f"a dense {len(X)} × {len(Y)} plan has more than max_entries={max_entries:.0e} entries; "
                          "use persona_weights (streamed) or raise max_entries.")
-    w, info = persona_weights(X, Y, method=method, item_weights=item_weights, eps_scale=eps_scale, n_iter=n_iter,
-                              tau=tau, seed=seed, tol=tol, dtype=dtype, dense_mb=float("inf"), device=device)
+    w, info = persona_weights(X, Y, method=method, item_weights=item_weights, eps_scale=eps_scale, max_iter=max_iter,
+                              tau=tau, seed=seed, tol=tol, dtype=dtype, dense_mb=float("inf"), device=device, a=a, b=b)
     C = cost_matrix(X, Y, item_weights)
     n, m = C.shape; eps = info["eps"]
-    if method == "semi_relaxed": P = softmax_cols(-C / eps) / m
-    else: P = np.exp(info["f"][:, None] / eps + info["g"][None, :] / eps - C / eps - math.log(n) - math.log(m))
+    la = np.full(n, -math.log(n)) if a is None else np.log(np.asarray(a, float) / np.sum(a))
+    lb = np.full(m, -math.log(m)) if b is None else np.log(np.asarray(b, float) / np.sum(b))
+    if method == "semi_relaxed": P = softmax_cols(la[:, None] - C / eps) * np.exp(lb)[None, :]
+    else: P = np.exp(info["f"][:, None] / eps + info["g"][None, :] / eps - C / eps + la[:, None] + lb[None, :])
     return P, info
 
 def cost_matrix(X, Y, item_weights=None)->np.ndarray:

@@ -212,7 +212,7 @@ def sentences1_people(path:str|Path|None=None,  # data1.csv; None: openpsychomet
                       intro:str=PERSONA_INTRO,  # first line of every persona
                      )->pd.DataFrame:           # one row per person: person, persona, text, n_completions, gender, age, E N A C O, EX..CN
     "SENTANCES1 people as personas (their own completions, first person) with true trait scores on the ipip50 scale."
-    from popalign.mine import read_sentences1
+    from popalign.readers import read_sentences1
     seg = read_sentences1(path)
     rows = []
     for pid, g in seg.groupby("author_id", sort=False):
@@ -343,7 +343,7 @@ class TextBaseline:
 
 def text_regression_baseline(texts:Sequence[str],      # one text per person
                              Y,                        # (n, d) true trait scores (DataFrame: its columns name the traits)
-                             embedder=None,            # object with .encode(list[str]); None: MiniLM (popalign.synth.load_embedder)
+                             embedder=None,            # object with .encode(list[str]); None: MiniLM (popalign.taxonomy.load_embedder)
                              folds:int=5,              # outer cross-validation folds
                              seed:int=0,               # fold assignment and bootstrap seed
                              alphas:Sequence[float]=tuple(np.logspace(-2, 4, 25)), # ridge penalties searched (inside each training fold)
@@ -355,7 +355,7 @@ def text_regression_baseline(texts:Sequence[str],      # one text per person
     from sklearn.model_selection import KFold
     Yd = Y if isinstance(Y, pd.DataFrame) else pd.DataFrame(np.asarray(Y, float), columns=list(BIG5)[:np.asarray(Y).shape[1]])
     if X is None:
-        from popalign.synth import embed
+        from popalign.taxonomy import embed
         X = embed(list(texts), embedder)
     X = np.asarray(X, float); Ym = Yd.to_numpy(float)
     if len(X) != len(Ym): raise ValueError(f"{len(X)} texts but {len(Ym)} rows of Y; give one text per person.")

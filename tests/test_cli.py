@@ -51,11 +51,28 @@ def test_respond_then_align_with_scripted_backend(tmp_path):
     (tmp_path/"p.txt").write_text("\n".join(people))
     run("respond", str(tmp_path/"p.txt"), "--instrument", "bfi25", "--out", str(tmp_path/"r.npz"), "--backend", "scripted",
         "--no-cache")
-    assert (tmp_path/"r.npz").exists()
+    import numpy as np
+    from popalign.respond import Responses, respond
+    from popalign.llm import ScriptedLLM
+    from popalign.reference import load_reference
+    from popalign.align import align
+    R = Responses.load(tmp_path/"r.npz")
+    api = respond(people, "bfi25", ScriptedLLM())                  # what the library computes for the same input
+    assert [str(i) for i in R.persona_ids] == [str(i) for i in api.persona_ids]
+    np.testing.assert_allclose(R.expected(), api.expected(), atol=1e-12)
+    assert np.ptp(R.expected(), axis=0).max() > 0.1                # persona-dependent answers, not a constant
     out = run("align", str(tmp_path/"r.npz"), "--reference", "bfi", "-n", "10", "--out", str(tmp_path/"sel.csv")).stdout
     sel = pd.read_csv(tmp_path/"sel.csv")
-    assert len(sel) == 10 and sel["row"].nunique() == 10 and "floor" in out
-    assert (tmp_path/"sel_metrics.csv").exists()
+    res = align(pd.DataFrame(R.expected(), columns=R.item_ids), load_reference("bfi"), 10, seed=0)
+    assert sel["row"].tolist() == [int(i) for i in res.indices]    # the personas the API selects, in its order
+    assert sel["persona_id"].astype(str).tolist() == [str(R.persona_ids[i]) for i in res.indices]
+    m = pd.read_csv(tmp_path/"sel_metrics.csv", index_col=0)
+    assert {"raw pool", "random", "aligned", "floor"} <= set(m.columns) and "floor" in out
+    from popalign.metrics import evaluate
+    ref = load_reference("bfi"); H = ref.scores().to_numpy(float)
+    S = ref.instrument.score(pd.DataFrame(R.expected(), columns=R.item_ids)).to_numpy(float)
+    assert abs(m.loc["AMW", "aligned"] - evaluate(S[res.indices], H, seed=0)["AMW"]) < 1e-9
+    assert abs(m.loc["AMW", "raw pool"] - evaluate(S, H, seed=0)["AMW"]) < 1e-9
 
 
 def test_deid_removes_an_email(tmp_path):
@@ -69,9 +86,24 @@ def test_synth_template_pool(tmp_path):
     run("synth", "-n", "12", "--out", str(tmp_path/"s.jsonl"), "--no-llm", "--seed", "3")
     lines = (tmp_path/"s.jsonl").read_text().splitlines()
     assert len(lines) == 13   # provenance header + 12 personas
+    from popalign.core import load_artifact
+    from popalign.synth import synthesize
+    recs, prov = load_artifact(tmp_path/"s.jsonl")
+    api = synthesize(12, anchor_tables="uniform", seed=3)          # the library, same seed and default embedder
+    assert [r["text"] for r in recs] == api.text.tolist() and [r["attributes"] for r in recs] == api.attributes.tolist()
+    assert len({r["text"] for r in recs}) == 12 and prov["seed"] == 3 and prov["stage"] == "synth"
 
 
 @pytest.mark.skipif(not (ROOT.parent/"shared"/"data"/"openpsychometrics"/"itemsgen").exists(), reason="../shared/data not present")
 def test_mine_rule_steps_on_itemsgen(tmp_path):
     out = run("mine", "--source", "itemsgen", "--out", str(tmp_path/"m.jsonl"), "--no-llm", "--limit-authors", "30").stdout
     assert (tmp_path/"m.jsonl").exists() and "first_person" in out
+
+
+def test_align_refuses_responses_to_another_instrument(tmp_path):
+    "ipip50 answers against the bfi reference (bfi25, whose ids A1–O5 are ipip50 ids too) are an error, never re-labelled."
+    (tmp_path/"p.txt").write_text("A calm person who likes quiet evenings.\nA loud person who likes parties.\n")
+    run("respond", str(tmp_path/"p.txt"), "--instrument", "ipip50", "--out", str(tmp_path/"r.npz"), "--backend", "scripted", "--no-cache")
+    r = run("align", str(tmp_path/"r.npz"), "--reference", "bfi", "-n", "1", "--out", str(tmp_path/"sel.csv"), check=False)
+    assert r.returncode != 0 and not (tmp_path/"sel.csv").exists()
+    assert "cannot be used with bfi25: they answer 'ipip50'" in r.stderr and "--instrument bfi25" in r.stderr

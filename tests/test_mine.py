@@ -6,29 +6,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from popalign.llm import ScriptedLLM
 from popalign.core import has_data, load_artifact, save_artifact, text_hash
-from popalign import mine as M
+from popalign import mine as M, readers as RD, prompts as PR
 from popalign.critic import critic_cli, DIMENSIONS
 from popalign.importers import import_cli, read_personas, _toy_persona_files
 
 
-class FakeLLM:
-    "Deterministic stand-in with the popalign.llm protocol; counts prompts."
-    def __init__(self, fn): self.fn, self.calls = fn, 0
-    def generate(self, prompts, max_tokens=256, temperature=0.0, seed=0, stop=None):
-        self.calls += len(prompts)
-        return [self.fn(p, seed) for p in prompts]
+def scripted(fn):
+    "The project's test double: `fn(prompt, seed)` answers prompts rendered with the scripted backend's chat template."
+    return ScriptedLLM(responses=fn)
 
 
 def _blog_dir(d: Path) -> Path:
     b = d / "blogs"; b.mkdir()
-    for name, raw in M._toy_blog_files().items(): (b / name).write_bytes(raw)
+    for name, raw in RD.toy_blog_files().items(): (b / name).write_bytes(raw)
     return b
 
 
 def test_blog_zip_with_defects(tmp_path):
     zp = tmp_path / "blogs.zip"
-    files = M._toy_blog_files()
+    files = RD.toy_blog_files()
     with zipfile.ZipFile(zp, "w", zipfile.ZIP_DEFLATED) as z:
         for name, raw in files.items(): z.writestr(f"blogs/{name}", raw)
         noise = "".join(np.random.default_rng(1).choice(list("abcdefgh ijklm"), 4000))
@@ -37,8 +35,8 @@ def test_blog_zip_with_defects(tmp_path):
     k = data.find(b"9.male.30.Arts.Leo.xml") + len(b"9.male.30.Arts.Leo.xml") + 50
     data[k] ^= 0xFF
     zp.write_bytes(bytes(data))
-    df = M.read_blog_corpus(zp)
-    folder = M.read_blog_corpus(_blog_dir(tmp_path))
+    df = RD.read_blog_corpus(zp)
+    folder = RD.read_blog_corpus(_blog_dir(tmp_path))
     assert df.text.tolist() == folder.text.tolist()          # zip and folder read the same posts
     assert df.attrs["skipped"] == {"undecodable file": 1, "bad file name": 1, "empty post": 1, "unclosed post": 1,
                                    "corrupt zip member": 1}
@@ -55,38 +53,40 @@ def toy_answer(prompt, seed):
 
 def test_mine_cli_end_to_end_and_resume(tmp_path):
     b = _blog_dir(tmp_path)
-    llm = FakeLLM(toy_answer)
+    llm = scripted(toy_answer)
     out, funnel = M.mine_cli(b, tmp_path / "personas.parquet", llm=llm, min_tokens=20, min_posts=1, verbose=False)
     df, prov = load_artifact(out)
     assert df.id.tolist() == ["blog:1000331"]
-    assert prov["prompt_hashes"] == {k: text_hash(M.PROMPTS[k]) for k in ("clean", "quality", "persona")}
+    assert prov["prompt_hashes"] == {k: text_hash(PR.PROMPTS[k]) for k in ("clean", "quality", "persona")}
     assert prov["reader_skipped"]["undecodable file"] == 1
     steps = [r["step"] for r in prov["funnel"]]
     assert steps[:2] == ["read", "rule_clean"] and steps[-1] == "evidence"
     fr = funnel.df
     assert (fr["in"] - fr["out"] == fr["dropped"]).all()
     assert list(df.evidence.iloc[0]) and min(df.evidence_scores.iloc[0]) >= 90
-    n = llm.calls
+    n = len(llm.calls)
     M.mine_cli(b, tmp_path / "personas.parquet", llm=llm, min_tokens=20, min_posts=1, verbose=False)
-    assert llm.calls == n                                    # same arguments: no new LLM call, file kept
+    assert len(llm.calls) == n                                  # same arguments: no new LLM call, file kept
     with pytest.raises(TypeError, match="Unknown mine option"):
         M.mine_cli(b, tmp_path / "x.parquet", llm=llm, min_tokenz=3)
 
 
 def test_unparsable_answers_are_retried_then_counted(tmp_path):
-    segs = M.read_blog_corpus(_blog_dir(tmp_path))
+    segs = RD.read_blog_corpus(_blog_dir(tmp_path))
     seen = []
     def bad_quality(p, seed):
-        if p.startswith("You are annotating"):
+        if "You are annotating" in p:
             seen.append(seed); return "high quality, harmless"   # no tags: never parses
         return toy_answer(p, seed)
     with pytest.raises(M.EmptyResultError, match="quality_parse"):
-        M.mine(segs, FakeLLM(bad_quality), min_tokens=20, min_posts=1, retries=2, llm_clean=False)
-    assert sorted(set(seen)) == [0, 1, 2]                        # first try + 2 retries with new seeds
+        M.mine(segs, scripted(bad_quality), min_tokens=20, min_posts=1, retries=2, llm_clean=False)
+    n = seen.count(None)                                         # the greedy first try (no seed), one per segment
+    assert n > 0 and len(seen) == 3 * n                          # + 2 retries each
+    assert len(set(s for s in seen if s is not None)) > n        # sampled with seeds that differ between attempts
 
 
 def test_empty_result_names_the_filter(tmp_path):
-    segs = M.read_blog_corpus(_blog_dir(tmp_path))
+    segs = RD.read_blog_corpus(_blog_dir(tmp_path))
     with pytest.raises(M.EmptyResultError, match="Step 'min_tokens' removed all"):
         M.prefilter(segs, min_tokens=10_000)
     with pytest.raises(M.EmptyResultError, match="first_person"):
@@ -106,10 +106,10 @@ def test_itemsgen_deterministic_chain(tmp_path):
 
 @pytest.mark.skipif(not has_data("openpsychometrics/SENTANCES1/data1.csv"), reason="shared openpsychometrics data absent")
 def test_sentences1_reader():
-    s = M.read_sentences1()
+    s = RD.read_sentences1()
     assert set(s.stem) == {"S1", "S2", "S3", "S4", "S5", "S6"}
     assert s.text.str.contains(r"\b(?:I|me|my)\b").all()
-    assert s[M.TRAIT_COLUMNS].notna().all().all()
+    assert s[RD.TRAIT_COLUMNS].notna().all().all()
 
 
 def test_critic_cli(tmp_path):
@@ -119,10 +119,10 @@ def test_critic_cli(tmp_path):
         s = {d: {"score": 9, "reason": "ok"} for d in DIMENSIONS}
         if "Paris" in p.split("Persona:")[1]: s["hallucination"] = {"score": 2, "reason": "invented"}
         return json.dumps(s)
-    out, rep = critic_cli(save_artifact(pers, tmp_path / "p.jsonl"), tmp_path / "k.parquet", FakeLLM(critic), verbose=False)
+    out, rep = critic_cli(save_artifact(pers, tmp_path / "p.jsonl"), tmp_path / "k.parquet", scripted(critic), verbose=False)
     df, prov = load_artifact(out)
     assert df.id.tolist() == ["a"] and rep["filtered_fraction"] == 0.5
-    assert df.reason_overall.iloc[0] == "ok" and prov["prompt_hashes"]["critic"] == text_hash(M.PROMPTS["critic"])
+    assert df.reason_overall.iloc[0] == "ok" and prov["prompt_hashes"]["critic"] == text_hash(PR.PROMPTS["critic"])
 
 
 def test_import_cli_layouts(tmp_path):
@@ -176,7 +176,7 @@ def test_choice_answers_mine_then_critic_then_deid(tmp_path):
     assert fr.loc["quality", "dropped"] >= 1 and fr.loc["quality_parse", "dropped"] == 0
     recs, prov = load_artifact(out)
     assert recs and not any("café" in r["source_text"] for r in recs)
-    assert prov["prompt_hashes"]["quality_choice"] == text_hash(M.PROMPTS["quality_choice"])   # the prompt that was asked
+    assert prov["prompt_hashes"]["quality_choice"] == text_hash(PR.PROMPTS["quality_choice"])   # the prompt that was asked
     kept, rep = critic_cli(out, tmp_path / "k.jsonl", llm, answer="choice", verbose=False)
     assert rep["answer"] == "choice" and rep["kept"] == len(recs) and rep["mean_scores"]["hallucination"] == 9
     n = len(llm.calls)

@@ -7,7 +7,7 @@ import pytest, torch
 
 from popalign.adapter import Adapter, ResponseHead, save_adapter, base_identity, load_adapter
 from popalign.instruments import load_instrument
-from popalign import pra
+from popalign import pra, pra_data, pra_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +28,7 @@ def _e_personas(m, grades=(-3, -2, 2, 3)):
             ans = np.full(len(ins.items), np.nan)
             for it in ins.trait_items("E"):
                 ans[ins.item_ids.index(it)] = np.clip(3.5 + 0.8 * g * ins.item(it).sign, 1, 6)
-            rows.append(dict(person=len(rows), persona=f"{who} {s.format(**pra.PRONOUNS[sex])}", described="E",
+            rows.append(dict(person=len(rows), persona=f"{who} {s.format(**pra_data.PRONOUNS[sex])}", described="E",
                              **{f"grade_{t}": (g if t == "E" else 0) for t in ins.traits}, answers=ans))
     tab = pd.DataFrame(rows); tab["items"] = [ins.trait_items("E")] * len(tab)
     return tab, ins
@@ -37,8 +37,8 @@ def _e_personas(m, grades=(-3, -2, 2, 3)):
 def test_smoke_training_loss_falls_and_sensitivity_rises(llm, tmp_path):
     "≤ 2 min: 20 single-sentence personas train a head; 6 shipped E pairs (never trained on) move toward their key."
     from popalign.validity import sensitivity_pairs
-    tab, ins = _e_personas(pra.load_behaviours())
-    st = pra.extract_states(llm, tab, ins, tmp_path/"train", verbose=False)
+    tab, ins = _e_personas(pra_data.load_behaviours())
+    st = pra_data.extract_states(llm, tab, ins, tmp_path/"train", verbose=False)
     cfg = pra.PRAConfig(layers=(18, 22, 26), rank=4, dropout=0.1, steps=150, lr=3e-3, batch_following=12, curriculum_steps=0,
                         w_individual=0, w_dist=0, eval_every=50, seed=0)
     humans = pd.DataFrame(np.full((50, len(ins.items)), 3.0), columns=ins.item_ids)
@@ -50,11 +50,11 @@ def test_smoke_training_loss_falls_and_sensitivity_rises(llm, tmp_path):
     P = sensitivity_pairs(trait="E").iloc[:6]
     ptab = pd.DataFrame({"persona": [x for h, l in zip(P.persona_high, P.persona_low) for x in (h, l)]})
     ptab["items"] = [ins.trait_items("E")] * len(ptab)
-    pst = pra.extract_states(llm, ptab, ins, tmp_path/"pairs", verbose=False)
+    pst = pra_data.extract_states(llm, ptab, ins, tmp_path/"pairs", verbose=False)
     ad = Adapter(tmp_path, "head", dict(config=dict(layers=list(cfg.layers))), "test", tr.head)
     sep = {}
     for name, a in (("base", None), ("adapted", ad)):
-        S = pra.responses_from_states(pst, ptab, ins, a).scores()["E"].to_numpy()
+        S = pra_eval.responses_from_states(pst, ptab, ins, a).scores()["E"].to_numpy()
         sep[name] = S[0::2] - S[1::2]                        # high − low per pair
     assert (sep["adapted"] > 0).mean() >= 5 / 6 and sep["adapted"].mean() > sep["base"].mean() + 0.5, sep
 
@@ -69,8 +69,8 @@ def test_states_equal_respond_with_adapter(llm, tmp_path):
         for p in h.parameters(): p.add_(torch.randn_like(p) * 0.05)
     path = save_adapter(tmp_path/"ad", "head", base_identity(llm), dict(layers=layers), head=h)
     texts, ins = ["Mia is a loud, cheerful party host.", "Olaf is a quiet archivist who avoids crowds."], load_instrument("bfi25")
-    via_states = pra.state_responder(llm, path)(texts, ins, ["E1", "E2", "A3"])
-    via_respond = respond(texts, ins, pra.with_adapter(llm, path), items=["E1", "E2", "A3"])
+    via_states = pra_eval.state_responder(llm, path)(texts, ins, ["E1", "E2", "A3"])
+    via_respond = respond(texts, ins, pra_eval.with_adapter(llm, path), items=["E1", "E2", "A3"])
     np.testing.assert_allclose(via_states.probs[:, [10, 11, 2]], via_respond.probs, atol=2e-5)
     base = respond(texts, ins, llm, items=["E1", "E2", "A3"])
     assert np.abs(via_respond.probs - base.probs).max() > 1e-3      # the head changes the answers
@@ -98,8 +98,8 @@ def test_cli_help_and_errors(tmp_path):
 def test_head_reshapes_persona_scales_only(llm):
     "The shipped head changes Likert answers; word options, `without_adapter()` and closed judgements (`choose`) stay base."
     from popalign.respond import role_play_prompts
-    from popalign.mine import choose
-    ad = pra.with_adapter(llm, "default")
+    from popalign.ask import choose
+    ad = pra_eval.with_adapter(llm, "default")
     ins = load_instrument("ipip50")
     ps = role_play_prompts(llm, ["Maya, 41, is the loudest voice at every party and loves meeting strangers."], ins, ins.item_ids[:4])
     num = [str(o) for o in ins.options]

@@ -95,15 +95,15 @@ def test_checksums_against_brute_force():
 
 
 def test_llm_layer_and_failures():
-    class FakeLLM:
-        def __init__(self, fn): self.fn = fn
-        def generate(self, prompts, max_tokens=256, temperature=0.0, seed=0, stop=None): return [self.fn(p) for p in prompts]
-    def fn(p):
-        if p.startswith("Does the following persona"): return "yes" if "Quillon" in p else "No."
+    from popalign.llm import ScriptedLLM   # the test double: prompts arrive rendered with its chat template
+    def fn(p, seed):
+        if "Does the following persona" in p: return "yes" if "Quillon" in p else "No."
         return '{"spans": [{"text": "Quillon", "type": "PERSON"}]}'
-    c, r = P.deidentify(["Everyone calls him Quillon at work.", "He likes tea."], llm=FakeLLM(fn))
+    llm = ScriptedLLM(responses=fn)
+    c, r = P.deidentify(["Everyone calls him Quillon at work.", "He likes tea."], llm=llm)
     assert "Quillon" not in c[0] and c[1] == "He likes tea." and r.summary["llm_flagged"] == 1
-    c, r = P.deidentify(["He likes tea."], llm=FakeLLM(lambda p: "perhaps"), retries=1)
+    assert all(p.startswith("<|im_start|>") for _, p in llm.calls)
+    c, r = P.deidentify(["He likes tea."], llm=ScriptedLLM(responses=lambda p, s: "perhaps"), retries=1)
     assert r.summary["llm_detect_failed"] == 1 and c == ["He likes tea."]
 
 

@@ -8,8 +8,10 @@ import pytest
 from scipy import stats
 
 from popalign.core import load_artifact, check_rng, text_hash
-from popalign.synth import (SEP, ANCHORS, STRATA, HashEmbedder, load_embedder, load_taxonomy, load_value_tables, sample_anchors,
-                            synthesize, synth_cli, uniqueness, pairwise_similarity, attribute_stats, anchor_context, embed,
+from popalign.llm import ScriptedLLM
+from popalign.taxonomy import SEP, ANCHORS, STRATA, HashEmbedder, load_embedder, load_taxonomy, embed
+from popalign.anchors import load_value_tables, sample_anchors
+from popalign.synth import (synthesize, synth_cli, uniqueness, pairwise_similarity, attribute_stats, anchor_context,
                             build_taxonomy, SYNTH_PROMPTS)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +36,6 @@ def _fake_reply(p, seed=None):
     for key, lim in [("personal values", 2), ("life attitude", None), ("personal story", 1), ("hobbies and interests", 2)]:
         if f'{{"{key}":' in p: return json.dumps({key: [f"{key} {h} {j}" for j in range(lim)] if lim else f"attitude {h}"})
     return "?"
-
-
-class FakeLLM:
-    def __init__(self): self.calls = 0
-    def generate(self, prompts, max_tokens=256, temperature=0.0, seed=0, stop=None):
-        self.calls += len(prompts); return [_fake_reply(p) for p in prompts]
 
 
 def test_same_seed_same_file_across_processes(tmp_path):

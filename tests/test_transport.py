@@ -36,16 +36,16 @@ def _quiet(f, *a, **k):
 def test_balanced_matches_pot_sinkhorn_log(likert):
     X, Y = likert
     n, m = len(X), len(Y)
-    P64, info = _quiet(transport_plan, X, Y, "balanced", n_iter=250, tol=0)
+    P64, info = _quiet(transport_plan, X, Y, "balanced", max_iter=250, tol=0)
     Q = _quiet(ot.bregman.sinkhorn_log, np.full(m, 1 / m), np.full(n, 1 / n), ot.dist(X, Y).T, info["eps"],
                numItermax=250, stopThr=0).T
     assert rel(P64, Q) < 1e-10
     # the float32 kernel (dense and streamed) gives the same plan's row sums within 1e-4
     for dm in (1e9, 0):
-        w, i32 = _quiet(persona_weights, X, Y, "balanced", n_iter=250, tol=0, dense_mb=dm)
+        w, i32 = _quiet(persona_weights, X, Y, "balanced", max_iter=250, tol=0, dense_mb=dm)
         assert i32["mode"] == ("dense" if dm else "stream")
         assert rel(w, Q.sum(1)) < 1e-4, (dm, rel(w, Q.sum(1)))
-    P32, _ = _quiet(transport_plan, X, Y, "balanced", n_iter=250, tol=0, dtype="float32")
+    P32, _ = _quiet(transport_plan, X, Y, "balanced", max_iter=250, tol=0, dtype="float32")
     assert rel(P32, Q) < 1e-4
 
 
@@ -53,12 +53,12 @@ def test_unbalanced_matches_pot(likert):
     X, Y = likert
     X, Y = X[:600], Y[:900]
     n, m = len(X), len(Y)
-    P, info = _quiet(transport_plan, X, Y, "unbalanced", tau=0.5, n_iter=200, tol=0)
+    P, info = _quiet(transport_plan, X, Y, "unbalanced", tau=0.5, max_iter=200, tol=0)
     Q = _quiet(ot.unbalanced.sinkhorn_unbalanced, np.full(n, 1 / n), np.full(m, 1 / m), ot.dist(X, Y), info["eps"],
                (info["tau"], np.inf), numItermax=200, stopThr=0)
     assert rel(P, Q) < 1e-9
     assert abs(P.sum() - 1) < 1e-9 and np.allclose(P.sum(0), 1 / m)      # human marginal enforced
-    w, _ = _quiet(persona_weights, X, Y, "unbalanced", tau=0.5, n_iter=200, tol=0, dense_mb=0)
+    w, _ = _quiet(persona_weights, X, Y, "unbalanced", tau=0.5, max_iter=200, tol=0, dense_mb=0)
     assert rel(w, Q.sum(1)) < 1e-4
 
 
@@ -85,7 +85,7 @@ def test_semi_relaxed_streamed_with_subsampled_shift():
 def test_tiny_eps_stays_finite(method, dense_mb):
     X = synthetic_responses(4500, d=8, shift=0.5, seed=5); Y = synthetic_responses(300, d=8, seed=6)
     if method != "semi_relaxed": X = X[:400]
-    w, info = _quiet(persona_weights, X, Y, method, eps_scale=1e-6, n_iter=10, tau=0.5, dense_mb=dense_mb)
+    w, info = _quiet(persona_weights, X, Y, method, eps_scale=1e-6, max_iter=10, tau=0.5, dense_mb=dense_mb)
     assert np.isfinite(w).all() and (w >= 0).all() and abs(w.sum() - 1) < 1e-9
     if method == "semi_relaxed": assert info["fallback"] > 0          # the exact path was needed and taken
 
@@ -93,7 +93,7 @@ def test_tiny_eps_stays_finite(method, dense_mb):
 def test_trap_balanced_weights_are_uniform_semi_relaxed_are_not():
     "DESIGN.md 'OT weight trap' on Likert data: converged balanced weights select nothing."
     X = synthetic_responses(700, d=10, shift=0.4, spread=0.8, seed=7); Y = synthetic_responses(900, d=10, seed=8)
-    wb, ib = _quiet(persona_weights, X, Y, "balanced", n_iter=3000, tol=1e-10, dtype="float64")
+    wb, ib = _quiet(persona_weights, X, Y, "balanced", max_iter=3000, tol=1e-10, dtype="float64")
     assert ib["converged"] and wb.max() / wb.min() - 1 < 1e-6
     _, ii = importance_weights(X, Y)                       # KDE density ratio, an independent estimate
     ws, _ = persona_weights(X, Y, "semi_relaxed")
@@ -105,7 +105,7 @@ def test_trap_balanced_weights_are_uniform_semi_relaxed_are_not():
 
 def test_batches_split_both_sides():
     X = synthetic_responses(1000, d=10, seed=9); Y = synthetic_responses(2500, d=10, seed=10)
-    w, info = _quiet(persona_weights, X, Y, "balanced", batch=1000, n_iter=50)
+    w, info = _quiet(persona_weights, X, Y, "balanced", batch=1000, max_iter=50)
     assert info["batches"] == 3 and len(info["batch_errors"]) == 3 and abs(w.sum() - 1) < 1e-12
     # each batch is balanced: its personas hold their share of the mass
     assert np.all(np.abs(w * len(X) - 1) < 0.05)
@@ -113,10 +113,10 @@ def test_batches_split_both_sides():
 
 def test_convergence_warning_and_errors(likert):
     X, Y = likert
-    with pytest.warns(ConvergenceWarning, match="n_iter=2.*eps_scale"):
-        persona_weights(X[:100], Y[:100], "balanced", n_iter=2)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2.*eps_scale"):
+        persona_weights(X[:100], Y[:100], "balanced", max_iter=2)
     with pytest.warns(ConvergenceWarning, match="tau"):
-        persona_weights(X[:100], Y[:100], "unbalanced", n_iter=2)
+        persona_weights(X[:100], Y[:100], "unbalanced", max_iter=2)
     for kw, msg in [(dict(method="emd"), "Unknown method"), (dict(eps_scale=-1), "eps_scale"),
                     (dict(method="unbalanced", tau=0), "tau"), (dict(item_weights=np.ones(3)), "item_weights"),
                     (dict(device="cuda:99" if not torch.cuda.is_available() else "tpu"), "device"),
@@ -131,13 +131,13 @@ def test_convergence_warning_and_errors(likert):
 def test_cuda_matches_cpu(likert):
     X, Y = likert
     for method in METHODS:
-        wc, _ = _quiet(persona_weights, X, Y, method, n_iter=100, tol=0)
-        wg, ig = _quiet(persona_weights, X, Y, method, n_iter=100, tol=0, device="cuda")
+        wc, _ = _quiet(persona_weights, X, Y, method, max_iter=100, tol=0)
+        wg, ig = _quiet(persona_weights, X, Y, method, max_iter=100, tol=0, device="cuda")
         assert ig["device"].startswith("cuda") and rel(wg, wc) < 1e-4
 
 
 def test_bench_ot_subprocess_prints_and_agrees_with_pot(capsys):
-    df = bench_ot(["600x800"], methods=("balanced", "semi_relaxed"), d=20, n_iter=50)
+    df = bench_ot(["600x800"], methods=("balanced", "semi_relaxed"), d=20, max_iter=50)
     out = capsys.readouterr().out
     assert out.count("600 × 800") == 2 and "POT" in out and "peak" in out
     assert set(df.method) == {"balanced", "semi_relaxed"}

@@ -12,7 +12,8 @@ from pathlib import Path
 here = Path(popalign.__file__).resolve()
 assert str(here).startswith(sys.argv[1]), f"popalign imported from {here}, not the installed wheel"
 from popalign.core import package_file
-from popalign.synth import load_taxonomy, load_value_tables
+from popalign.taxonomy import load_taxonomy
+from popalign.anchors import load_value_tables
 from popalign.validity import sensitivity_pairs
 from popalign.instruments import Instrument
 from popalign.adapter import SHIPPED_ADAPTER

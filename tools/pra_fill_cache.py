@@ -35,15 +35,15 @@ def make_jobs(out, n_pool=120, n_pairs_per_trait=30, seed=0, demo_n=60, demo_see
     from popalign.respond import respond
     from popalign.validity import persona_sensitivity
     from popalign.demo import demo_pool
-    from popalign import pra
+    from popalign import pra_data, pra_eval
     llm = TransformersLLM(None, adapter=None, cache=False)
     jobs = []; rec = _recorder(llm, jobs)
     s_sens, s_ind, s_pop, s_floor = spawn_seeds(seed, 4)          # as tab_pra
     ins = load_instrument("ipip50")
     persona_sensitivity(rec, ins, n_per_trait=n_pairs_per_trait, seed=s_sens, reps=10, verbose=False)
-    respond(pra.sentences1_table("test", None).persona.tolist(), ins, rec)
-    pool = pra.itemsgen_table("eval", n_pool, None, seed).persona.tolist()
-    for i in (ins, pra.reversed_scale(ins), load_reference("cfcs").instrument, load_reference("grit").instrument):
+    respond(pra_data.sentences1_table("test", None).persona.tolist(), ins, rec)
+    pool = pra_data.itemsgen_table("eval", n_pool, None, seed).persona.tolist()
+    for i in (ins, pra_eval.reversed_scale(ins), load_reference("cfcs").instrument, load_reference("grit").instrument):
         respond(pool, i, rec)
     s_pool = spawn_seeds(demo_seed, 4)[0]                          # as run_demo
     respond(demo_pool(demo_n, seed=s_pool), load_reference("big5").instrument, rec)
@@ -57,14 +57,14 @@ def make_jobs(out, n_pool=120, n_pairs_per_trait=30, seed=0, demo_n=60, demo_see
 def fill(jobs_file, adapters, device="cuda", dtype="float32", export=None):
     import torch
     from popalign.llm import TransformersLLM
-    from popalign import pra
+    from popalign import pra_eval
     d = json.load(gzip.open(jobs_file, "rt"))
     llm = TransformersLLM(None, adapter=None, device=device, dtype=dtype, convert_cache=False)
     if llm.model_id != d["model"]: sys.exit(f"model {llm.model_id} is not the one the jobs were made for ({d['model']})")
     c = d["check"]
     dev = np.abs(np.array(llm.option_logprobs(c["prompts"], d["jobs"][0]["options"])) - np.array(c["lp"])).max()
     print(f"{llm.device} {dtype} vs the jobs machine on {len(c['prompts'])} prompts: max |Δ log p| = {dev:.2e}", flush=True)
-    views = [llm] + [pra.with_adapter(llm, a) for a in adapters]
+    views = [llm] + [pra_eval.with_adapter(llm, a) for a in adapters]
     n = sum(len(j["prompts"]) for j in d["jobs"])
     for v in views:
         t0 = time.time()
