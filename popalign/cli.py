@@ -143,6 +143,8 @@ def build_parser()->argparse.ArgumentParser:
                                     "distributed like the reference's; prints metrics beside the floor and random selection.")
     pa.add_argument("responses", help="responses .npz from `popalign respond`")
     pa.add_argument("--reference", default="big5", help="human reference (big5, bfi, cfcs, grit, or a CSV path)")
+    pa.add_argument("--instrument", default=None, help="the instrument a CSV reference holds (ipip50, bfi25, grit, cfcs or a "
+                    "spec path); known references know theirs")
     pa.add_argument("-n", type=int, required=True, help="how many personas to select")
     pa.add_argument("--method", default="semi_relaxed", help="raw | random | is | is+balanced | is+semi_relaxed | "
                     "is+unbalanced | balanced | semi_relaxed | unbalanced")
@@ -290,7 +292,7 @@ def _cmd_align(a):
     from popalign.reference import load_reference
     from popalign.align import align
     from popalign.metrics import evaluate, noise_floor, compare_table
-    R = Responses.load(a.responses); ref = load_reference(a.reference)
+    R = Responses.load(a.responses); ref = load_reference(a.reference, instrument=a.instrument)
     check_instrument(R, ref.instrument, where=a.responses)   # never re-label answers to another instrument
     X = pd.DataFrame(R.expected(), columns=R.item_ids)
     res = align(X, ref, a.n, method=a.method, space=a.space, draw=a.draw, seed=a.seed)

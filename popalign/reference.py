@@ -370,8 +370,8 @@ def load_reference(name_or_path:str|Path,       # a known name (see REFERENCES) 
             spec = REFERENCES["ipip-ffm"]; ref_name = name or "ipip-ffm"
         else:
             if instrument is None:
-                raise ValueError(f"{path}: pass instrument= (one of {list(INSTRUMENTS)}, "
-                                 "an Instrument, or a spec path) to say which items the file holds; "
+                raise ValueError(f"{path}: say which items the file holds with instrument= (on the command line "
+                                 f"--instrument NAME; one of {list(INSTRUMENTS)}, an Instrument, or a spec path); "
                                  f"its columns are {header[:15]}{' …' if len(header) > 15 else ''}.")
             spec = dict(instrument=None, item_columns=[])
     inst = load_instrument(instrument or spec["instrument"], data_dir)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_synth.ipynb #cc41d48d
 from __future__ import annotations
-import json, re
+import json, re, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +22,7 @@ from .anchors import load_value_tables, sample_anchors
 # %% auto #0
 __all__ = ['SYNTH_PROMPTS', 'render_prompt', 'synth_prompt_hashes', 'parse_fill', 'parse_anchor', 'parse_narrative',
            'render_narrative', 'anchor_context', 'synthesize', 'merge_names', 'merge_paths', 'build_taxonomy',
-           'attribute_stats', 'pairwise_similarity', 'uniqueness', 'synth_cli']
+           'attribute_stats', 'pairwise_similarity', 'mean_cosine_similarity', 'uniqueness', 'synth_cli']
 
 # %% ../nbs/09_synth.ipynb #eb49cf50
 SYNTH_PROMPTS = {
@@ -454,13 +454,19 @@ def pairwise_similarity(E:np.ndarray,    # (n, d) embeddings (normalized here)
         tot += np.nansum(S); nn[s:s + block] = np.nanmax(S, axis=1); mx = max(mx, float(np.nanmax(S)))
     return {"mean_cos": tot / (n * (n - 1)), "mean_nn_cos": float(nn.mean()), "max_cos": mx, "n": n}
 
-def uniqueness(texts:Sequence[str], # narratives (or any texts)
-               embedder=None,       # object with .encode; None: all-MiniLM-L6-v2
-               block:int=1024,      # rows per similarity block
-               batch_size:int=256,  # texts per encode call
-              )->float:             # mean pairwise cosine similarity (lower = more unique)
-    "Uniqueness of a persona set: the mean pairwise cosine similarity of the narratives' embeddings."
+def mean_cosine_similarity(texts:Sequence[str], # narratives (or any texts)
+                           embedder=None,       # object with .encode; None: all-MiniLM-L6-v2
+                           block:int=1024,      # rows per similarity block
+                           batch_size:int=256,  # texts per encode call
+                          )->float:             # mean pairwise cosine similarity: LOWER = more varied, more unique
+    "The mean pairwise cosine similarity of a persona set's narrative embeddings (a similarity: lower means more unique)."
     return pairwise_similarity(embed(list(texts), embedder, batch_size), block)["mean_cos"]
+
+def uniqueness(texts, embedder=None, block:int=1024, batch_size:int=256)->float:
+    "Deprecated name of `mean_cosine_similarity` (the value is a similarity, so 'uniqueness' read backwards)."
+    warnings.warn("uniqueness() is deprecated: it returns a mean cosine SIMILARITY (lower = more unique); "
+                  "call mean_cosine_similarity().", DeprecationWarning, stacklevel=2)
+    return mean_cosine_similarity(texts, embedder, block, batch_size)
 
 # %% ../nbs/09_synth.ipynb #4b676cb1
 def synth_cli(out_path:str|Path,           # .jsonl or .parquet persona file

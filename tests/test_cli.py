@@ -107,3 +107,41 @@ def test_align_refuses_responses_to_another_instrument(tmp_path):
     r = run("align", str(tmp_path/"r.npz"), "--reference", "bfi", "-n", "1", "--out", str(tmp_path/"sel.csv"), check=False)
     assert r.returncode != 0 and not (tmp_path/"sel.csv").exists()
     assert "cannot be used with bfi25: they answer 'ipip50'" in r.stderr and "--instrument bfi25" in r.stderr
+
+
+def test_align_with_a_csv_reference_and_instrument(tmp_path):
+    "A CSV reference needs its instrument, and the CLI can say it (--instrument); without it the error names the flag."
+    from popalign.reference import load_reference
+    bfi = load_reference("bfi")
+    bfi.responses.iloc[:600][bfi.instrument.item_ids].to_csv(tmp_path/"people.csv", index=False)
+    people = [f"Person {i} likes {'parties' if i % 2 else 'quiet evenings'} and {['tea', 'chess', 'hiking'][i % 3]}." for i in range(24)]
+    (tmp_path/"p.txt").write_text("\n".join(people))
+    run("respond", str(tmp_path/"p.txt"), "--instrument", "bfi25", "--out", str(tmp_path/"r.npz"), "--backend", "scripted", "--no-cache")
+    r = run("align", str(tmp_path/"r.npz"), "--reference", str(tmp_path/"people.csv"), "-n", "5", "--out", str(tmp_path/"s.csv"), check=False)
+    assert r.returncode != 0 and "--instrument NAME" in r.stderr
+    run("align", str(tmp_path/"r.npz"), "--reference", str(tmp_path/"people.csv"), "--instrument", "bfi25", "-n", "5",
+        "--out", str(tmp_path/"s.csv"))
+    assert len(pd.read_csv(tmp_path/"s.csv")) == 5
+
+
+def test_every_flag_an_error_message_names_exists():
+    "Advice the user cannot follow is a bug: each --flag in a raised message is a flag of the popalign command."
+    import argparse, ast, re
+    from popalign.cli import build_parser
+    flags = set()
+    def walk(parser):
+        for a in parser._actions:
+            flags.update(a.option_strings)
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values(): walk(sp)
+    walk(build_parser())
+    named = []
+    for f in sorted((ROOT/"popalign").rglob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.Raise) and n.exc is not None:
+                s = " ".join(x.value for x in ast.walk(n.exc) if isinstance(x, ast.Constant) and isinstance(x.value, str))
+                s = re.sub(r"pip install[^.;)]*", "", s)          # pip's own flags are not ours
+                named += [(f.name, n.lineno, fl) for fl in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", s)]
+    assert named, "no message names a flag (the check would be empty)"
+    bad = [x for x in named if x[2] not in flags]
+    assert not bad, f"messages name flags the CLI does not have: {bad}"

@@ -11,7 +11,7 @@ from popalign.core import load_artifact, check_rng, text_hash
 from popalign.llm import ScriptedLLM
 from popalign.taxonomy import SEP, ANCHORS, STRATA, HashEmbedder, load_embedder, load_taxonomy, embed
 from popalign.anchors import load_value_tables, sample_anchors
-from popalign.synth import (synthesize, synth_cli, uniqueness, pairwise_similarity, attribute_stats, anchor_context,
+from popalign.synth import (synthesize, synth_cli, mean_cosine_similarity, pairwise_similarity, attribute_stats, anchor_context,
                             build_taxonomy, SYNTH_PROMPTS)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_real_embedder_uniqueness_orders_texts():
     mini = load_embedder()
     same = ["I love hiking in the mountains.", "Hiking in the mountains is what I love.", "I really enjoy mountain hikes."]
     diff = ["I love hiking in the mountains.", "My tax return is late again.", "The violin needs new strings."]
-    assert uniqueness(same, mini) > uniqueness(diff, mini) + 0.3
+    assert mean_cosine_similarity(same, mini) > mean_cosine_similarity(diff, mini) + 0.3
     E = embed(same + diff, mini)
     S = E @ E.T; off = S[~np.eye(len(S), dtype=bool)]
     assert abs(pairwise_similarity(E, block=2)["mean_cos"] - off.mean()) < 1e-6
