@@ -15,9 +15,9 @@ from scipy.spatial.distance import pdist
 from .core import check_array, check_rng
 
 # %% auto #0
-__all__ = ['METRICS', 'amw', 'frechet', 'random_projections', 'sliced_wasserstein', 'median_bandwidth', 'mmd', 'mae_corr', 'ks',
-           'js', 'mean_diff', 'evaluate', 'bootstrap_ci', 'noise_floor', 'reference_floor', 'compare_table',
-           'bench_metrics']
+__all__ = ['METRICS', 'CI_METHODS', 'amw', 'frechet', 'random_projections', 'sliced_wasserstein', 'median_bandwidth', 'mmd',
+           'mae_corr', 'ks', 'js', 'mean_diff', 'evaluate', 'bootstrap_ci', 'noise_floor', 'reference_floor',
+           'compare_table', 'bench_metrics']
 
 # %% ../nbs/03_metrics.ipynb #236e217b
 METRICS = ("AMW", "FD", "SW", "MMD", "MAE_corr", "KS", "JS", "MeanDiff")  # the keys of `evaluate`, in order
@@ -335,13 +335,15 @@ def bootstrap_ci(X,                 # (n, d) trait scores (personas)
                  Y,                 # (m, d) trait scores (humans)
                  metrics=None,      # subset of METRICS; None: all
                  reps:int=200,      # bootstrap replicates
-                 alpha:float=0.05,  # 1 - coverage of the percentile interval
+                 alpha:float=0.05,  # 1 - nominal coverage of the interval
                  seed:int=0,        # seed of the resampling and of the metrics (as in `evaluate`)
                  resample:str="both", # "both": resample X and Y; "X": Y held fixed
                  params:dict|None=None, # per-metric options (as in `evaluate`)
-                )->pd.DataFrame:    # columns metric, value, lo, hi
-    "Point value and percentile bootstrap interval of each metric (rows resampled with replacement)."
+                 method:str="basic", # "basic" (reverse percentile: corrects the upward bias of distances) or "percentile"
+                )->pd.DataFrame:    # columns metric, value, bias, value_bc, lo, hi, method
+    "Point value, bootstrap bias, bias-corrected value and a bootstrap interval of each metric (rows resampled with replacement)."
     if resample not in ("both", "X"): raise ValueError(f"resample must be 'both' or 'X'; got {resample!r}.")
+    if method not in CI_METHODS: raise ValueError(f"method must be one of {CI_METHODS}; got {method!r}.")
     if int(reps) < 1: raise ValueError(f"reps must be >= 1; got {reps}.")
     if not 0 < alpha < 1: raise ValueError(f"alpha must be in (0, 1); got {alpha}.")
     names = _check_metrics(metrics)
@@ -378,9 +380,21 @@ def bootstrap_ci(X,                 # (n, d) trait scores (personas)
         CB = cy.T.astype(float) if cy is not None else np.ones((m, 1))
         boot["MMD"] = _mmd_counts(A, B, CA, CB, 1 / (2 * sigma**2), o.get("unbiased", False), o.get("block", 2048),
                                    o.get("dtype", np.float32))
-    rows = [dict(metric=k, value=value[k], lo=float(np.nanquantile(boot[k], alpha / 2)) if np.isfinite(boot[k]).any() else np.nan,
-                 hi=float(np.nanquantile(boot[k], 1 - alpha / 2)) if np.isfinite(boot[k]).any() else np.nan) for k in names]
-    return pd.DataFrame(rows, columns=["metric", "value", "lo", "hi"])
+    unbiased_mmd = bool((params or {}).get("MMD", {}).get("unbiased", False))
+    rows = [_interval(k, value[k], boot[k], alpha, method, k != "MMD" or not unbiased_mmd) for k in names]
+    return pd.DataFrame(rows, columns=["metric", "value", "bias", "value_bc", "lo", "hi", "method"])
+
+CI_METHODS = ("basic", "percentile")
+
+def _interval(k, v, boot, alpha, method, nonneg)->dict:
+    "One row of `bootstrap_ci`: bias = mean(boot) − v, value_bc = v − bias, and the interval (clipped at 0 for distances)."
+    b = boot[np.isfinite(boot)]
+    if not len(b): return dict(metric=k, value=v, bias=np.nan, value_bc=np.nan, lo=np.nan, hi=np.nan, method=method)
+    ql, qh = np.quantile(b, [alpha / 2, 1 - alpha / 2]); bias = float(b.mean() - v)
+    lo, hi = (ql, qh) if method == "percentile" else (2 * v - qh, 2 * v - ql)
+    vbc = v - bias
+    if nonneg: lo, hi, vbc = max(lo, 0.0), max(hi, 0.0), max(vbc, 0.0)
+    return dict(metric=k, value=v, bias=bias, value_bc=float(vbc), lo=float(lo), hi=float(hi), method=method)
 
 # %% ../nbs/03_metrics.ipynb #4d6071db
 def _floor_splits(N:int, n:int, reps:int, seed:int):

@@ -228,7 +228,7 @@ def test_bootstrap_ci():
     rng = np.random.default_rng(13)
     X, Y = likert_means(rng, 400, 5, shift=0.5), likert_means(rng, 1500, 5)
     ci = bootstrap_ci(X, Y, reps=60, seed=0)
-    assert list(ci.columns) == ["metric", "value", "lo", "hi"] and list(ci.metric) == list(METRICS)
+    assert list(ci.columns) == ["metric", "value", "bias", "value_bc", "lo", "hi", "method"] and list(ci.metric) == list(METRICS)
     assert (ci.lo <= ci.hi).all()
     row = ci.set_index("metric").loc["MeanDiff"]
     assert row.lo < row.value < row.hi and row.value == pytest.approx(0.5, abs=0.05)
@@ -251,7 +251,7 @@ def test_bootstrap_sw_counts_equal_loop(resample):
     for p in (1, 2):
         loop = [sliced_wasserstein(X[IX[i]], Y[IY[i]], n_proj=50, seed=seed, p=p) for i in range(reps)]
         ci = bootstrap_ci(X, Y, "SW", reps=reps, seed=seed, alpha=0.2, resample=resample,
-                          params={"SW": {"n_proj": 50, "p": p}}).iloc[0]
+                          params={"SW": {"n_proj": 50, "p": p}}, method="percentile").iloc[0]
         assert ci.value == pytest.approx(sliced_wasserstein(X, Y, n_proj=50, seed=seed, p=p), rel=1e-14)
         assert ci.lo == pytest.approx(np.quantile(loop, 0.1), rel=1e-12)
         assert ci.hi == pytest.approx(np.quantile(loop, 0.9), rel=1e-12)
@@ -267,7 +267,7 @@ def test_bootstrap_mmd_batch_equals_loop():
     for ub in (False, True):
         loop = [mmd(X[IX[i]], Y[IY[i]], bandwidth=s, unbiased=ub, dtype=np.float64) for i in range(reps)]
         ci = bootstrap_ci(X, Y, "MMD", reps=reps, seed=seed, alpha=0.2,
-                          params={"MMD": {"unbiased": ub, "dtype": np.float64}}).iloc[0]
+                          params={"MMD": {"unbiased": ub, "dtype": np.float64}}, method="percentile").iloc[0]
         assert ci.lo == pytest.approx(np.quantile(loop, 0.1), rel=1e-10)
         assert ci.hi == pytest.approx(np.quantile(loop, 0.9), rel=1e-10)
 
