@@ -6,11 +6,21 @@
 __all__ = []
 
 # %% ../../nbs/04e_llm_init.ipynb #1f69444d
-from . import base, hf, http, engines, settings
-from .base import *
-from .hf import *
-from .http import *
-from .engines import *
-from .settings import *
+from .base import (
+    CHATML_TEMPLATE, PLAIN_TEMPLATE, render_chat, ResponseCache, prompt_seed, LLM, ScriptedLLM)
+from .hf import (
+    EMBEDDED_PACKAGE, EMBEDDED_MODULE, CONVERTED_MARK, SCORING_METHODS, embedded_model_path, model_fingerprint,
+    converted_dir, load_gguf, load_hf_model, common_prefix, TokenizerMixin, TransformersLLM)
+from .http import (
+    load_chat_template, OpenAILLM, LLMServer, serve)
+from .engines import (
+    vllm_lora, VLLMLLM, LlamaCppLLM)
+from .settings import (
+    BACKENDS, SETTINGS_FILES, SETTINGS_ENV, load_llm, Settings, load_llm_from_settings)
 
-__all__ = [n for m in (base, hf, http, engines, settings) for n in m.__all__]
+__all__ = [
+    "CHATML_TEMPLATE", "PLAIN_TEMPLATE", "render_chat", "ResponseCache", "prompt_seed", "LLM", "ScriptedLLM",
+    "EMBEDDED_PACKAGE", "EMBEDDED_MODULE", "CONVERTED_MARK", "SCORING_METHODS", "embedded_model_path",
+    "model_fingerprint", "converted_dir", "load_gguf", "load_hf_model", "common_prefix", "TokenizerMixin",
+    "TransformersLLM", "load_chat_template", "OpenAILLM", "LLMServer", "serve", "vllm_lora", "VLLMLLM",
+    "LlamaCppLLM", "BACKENDS", "SETTINGS_FILES", "SETTINGS_ENV", "load_llm", "Settings", "load_llm_from_settings"]
