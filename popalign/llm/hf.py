@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..core import cache_dir, text_hash, PACKAGE_VERSION, require
 from .base import LLM, ResponseCache
@@ -166,7 +167,7 @@ class TokenizerMixin:
             reqs.append((c, opts))
         return reqs
 
-# %% ../../nbs/04a_llm_hf.ipynb #594b97c4
+# %% ../../nbs/04a_llm_hf.ipynb #127bb845
 SCORING_METHODS = ("packed", "prefix", "batched", "single")
 
 class TransformersLLM(TokenizerMixin, LLM):
@@ -213,279 +214,304 @@ class TransformersLLM(TokenizerMixin, LLM):
         from popalign.adapter import resolve_adapter   # the adapter layer sits below llm; imported here to keep import light
         self.embedded = model is None
         self.adapter = resolve_adapter(adapter, self, embedded=self.embedded)
-
-    def _key_params(self):
-        d = dict(dtype=str(self.dtype).replace("torch.", ""))
-        if self.adapter is not None: d["adapter"] = self.adapter.hash   # answers change with the adapter: part of every cache key
-        return d
-
     @property
     def n_layers(self)->int: return int(self.model.config.num_hidden_layers)
     @property
     def hidden_size(self)->int: return int(self.model.config.hidden_size)
 
-    def _groups(self, reqs)->list:
-        "Runs of consecutive requests sharing a prefix (a run ends when the shared length halves or drops below min_shared)."
-        groups, cur, shared = [], [0], None
-        for i in range(1, len(reqs)):
-            l = common_prefix(reqs[cur[0]][0], reqs[i][0])
-            if l >= self.min_shared and (shared is None or l >= shared // 2):
-                cur.append(i); shared = l if shared is None else min(shared, l)
-            else: groups.append(cur); cur, shared = [i], None
-        groups.append(cur)
-        return groups
+# %% ../../nbs/04a_llm_hf.ipynb #10a3713b
+@patch
+def _key_params(self:TransformersLLM):
+    d = dict(dtype=str(self.dtype).replace("torch.", ""))
+    if self.adapter is not None: d["adapter"] = self.adapter.hash   # answers change with the adapter: part of every cache key
+    return d
 
-    # -- the forward pass
-    def _float_mask(self, allowed:np.ndarray):
-        torch = _torch()
-        m = torch.zeros(allowed.shape, dtype=self.dtype)
-        m.masked_fill_(~torch.from_numpy(allowed), torch.finfo(self.dtype).min)
-        return m[None, None]
+# -- scoring methods
+@patch
+def without_adapter(self:TransformersLLM)->LLM:
+    "A view without the head adapter that shares the weights and cache (a merged LoRA cannot be taken out: self)."
+    if self.adapter is None or self.adapter.head is None: return self
+    v = copy.copy(self); v.adapter = None; return v
 
-    def _prefix_cache(self, prefix:list):
-        torch = _torch()
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
-        self.tokens_computed += len(prefix)
-        return out[self._kv_name]
+@patch
+def _option_logprobs(self:TransformersLLM, prompts, options):
+    head = self.adapter is not None and self.adapter.head is not None and _numeric(options)
+    if not head: return self._base_logprobs(prompts, options)   # the head reshapes numeric scales only
+    lp, S = self.answer_states(prompts, options, self.adapter.layers)
+    if self.cache is not None:   # the base model's answers come free with the adapted ones: keep them too
+        kp = {k: v for k, v in self._key_params().items() if k != "adapter"}
+        self.cache.put_many({ResponseCache.key("lp", self.backend, self.model_id, kp, p, list(options)): list(map(float, r))
+                             for p, r in zip(prompts, lp)}, "lp")
+    return self.adapter.apply(lp, S, options)
 
-    # -- scoring methods
-    def without_adapter(self)->LLM:
-        "A view without the head adapter that shares the weights and cache (a merged LoRA cannot be taken out: self)."
-        if self.adapter is None or self.adapter.head is None: return self
-        v = copy.copy(self); v.adapter = None; return v
+@patch
+def answer_states(self:TransformersLLM, prompts:Sequence[str], # rendered prompts
+                  options:Sequence[str],        # continuations scored, e.g. ["1", …, "5"]
+                  layers:Sequence[int],         # hidden-state layers (0 = embeddings, n_layers = last, after the final norm)
+                 )->tuple:                      # ((n, O) base option log-probs, (n, len(layers) × hidden) float32 states)
+    "Option log-probs and the hidden states at the answer position (the last prompt token), from the same scoring pass (not cached)."
+    bad = [l for l in layers if not 0 <= int(l) <= self.n_layers]
+    if bad or not layers: raise ValueError(f"layers must be a non-empty list in 0..{self.n_layers}; got {list(layers)}.")
+    self._state_layers, self._states = [int(l) for l in layers], np.full((len(prompts), len(layers) * self.hidden_size), np.nan, np.float32)
+    try:
+        lp = self._base_logprobs(list(prompts), list(options)); S = self._states
+    finally: self._state_layers, self._states = None, None
+    return lp, S
 
-    def _option_logprobs(self, prompts, options):
-        head = self.adapter is not None and self.adapter.head is not None and _numeric(options)
-        if not head: return self._base_logprobs(prompts, options)   # the head reshapes numeric scales only
-        lp, S = self.answer_states(prompts, options, self.adapter.layers)
-        if self.cache is not None:   # the base model's answers come free with the adapted ones: keep them too
-            kp = {k: v for k, v in self._key_params().items() if k != "adapter"}
-            self.cache.put_many({ResponseCache.key("lp", self.backend, self.model_id, kp, p, list(options)): list(map(float, r))
-                                 for p, r in zip(prompts, lp)}, "lp")
-        return self.adapter.apply(lp, S, options)
+# %% ../../nbs/04a_llm_hf.ipynb #f6bf5e68
+@patch
+def _groups(self:TransformersLLM, reqs)->list:
+    "Runs of consecutive requests sharing a prefix (a run ends when the shared length halves or drops below min_shared)."
+    groups, cur, shared = [], [0], None
+    for i in range(1, len(reqs)):
+        l = common_prefix(reqs[cur[0]][0], reqs[i][0])
+        if l >= self.min_shared and (shared is None or l >= shared // 2):
+            cur.append(i); shared = l if shared is None else min(shared, l)
+        else: groups.append(cur); cur, shared = [i], None
+    groups.append(cur)
+    return groups
 
-    def answer_states(self, prompts:Sequence[str], # rendered prompts
-                      options:Sequence[str],        # continuations scored, e.g. ["1", …, "5"]
-                      layers:Sequence[int],         # hidden-state layers (0 = embeddings, n_layers = last, after the final norm)
-                     )->tuple:                      # ((n, O) base option log-probs, (n, len(layers) × hidden) float32 states)
-        "Option log-probs and the hidden states at the answer position (the last prompt token), from the same scoring pass (not cached)."
-        bad = [l for l in layers if not 0 <= int(l) <= self.n_layers]
-        if bad or not layers: raise ValueError(f"layers must be a non-empty list in 0..{self.n_layers}; got {list(layers)}.")
-        self._state_layers, self._states = [int(l) for l in layers], np.full((len(prompts), len(layers) * self.hidden_size), np.nan, np.float32)
+# -- the forward pass
+@patch
+def _float_mask(self:TransformersLLM, allowed:np.ndarray):
+    torch = _torch()
+    m = torch.zeros(allowed.shape, dtype=self.dtype)
+    m.masked_fill_(~torch.from_numpy(allowed), torch.finfo(self.dtype).min)
+    return m[None, None]
+
+@patch
+def _prefix_cache(self:TransformersLLM, prefix:list):
+    torch = _torch()
+    with torch.inference_mode():
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
+    self.tokens_computed += len(prefix)
+    return out[self._kv_name]
+
+# %% ../../nbs/04a_llm_hf.ipynb #330a06eb
+@patch
+def _base_logprobs(self:TransformersLLM, prompts, options):
+    reqs = self._requests(prompts, options)
+    out = np.zeros((len(reqs), len(options)))
+    method = self.scoring
+    if method == "packed" and getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        method = "prefix"   # flash-attention kernels take no custom 4-D mask
+    torch = _torch()
+    with torch.inference_mode():
+        if method == "single":
+            for i in range(len(reqs)): self._score_rows([i], reqs, 0, None, out)
+        elif method == "batched":
+            for s in range(0, len(reqs), self.batch_size): self._score_rows(list(range(s, min(len(reqs), s + self.batch_size))), reqs, 0, None, out)
+        else:
+            for g in self._groups(reqs):
+                Lp = min(min(common_prefix(reqs[g[0]][0], reqs[i][0]) for i in g), min(len(reqs[i][0]) for i in g) - 1)
+                if len(g) == 1: Lp = 0
+                (self._score_packed if method == "packed" else self._score_prefix)(g, reqs, Lp, out)
+    return out
+
+@patch
+def _rows(self:TransformersLLM, idx, reqs, Lp)->list:
+    "Padded-batch rows after a shared prefix of length Lp: (tokens, [(pos, target, req, opt)])."
+    rows = []
+    for r in idx:
+        ctx, opts = reqs[r]; suf = ctx[Lp:]
+        rows.append((suf, [(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
+        for j, o in enumerate(opts):
+            if len(o) > 1: rows.append((suf + o[:-1], [(len(suf) - 1 + k, o[k], r, j, False) for k in range(1, len(o))]))
+    return rows
+
+@patch
+def _score_rows(self:TransformersLLM, idx, reqs, Lp, past, out):
+    "Right-padded batch of rows (optionally on top of a prefix KV cache, repeated per row)."
+    torch = _torch()
+    rows = self._rows(idx, reqs, Lp)
+    for s in range(0, len(rows), self.batch_size):
+        chunk = rows[s:s + self.batch_size]
+        L = max(len(t) for t, _ in chunk)
+        ids = torch.full((len(chunk), L), self._pad_id, dtype=torch.long)
+        keep = torch.zeros((len(chunk), L), dtype=torch.bool)
+        tg = {}
+        for b, (t, trg) in enumerate(chunk):
+            ids[b, :len(t)] = torch.tensor(t)
+            for pos, tok, r, j, f in trg: keep[b, pos] = True; tg[(b, pos)] = tg.get((b, pos), []) + [(tok, r, j, f)]
+        order = [(b, p) for b in range(len(chunk)) for p in range(L) if keep[b, p]]
+        # a position can predict several targets (different options' first tokens): gather per (position, target)
+        flat_keep_pos, targets, dest = [], [], []
+        for n, bp in enumerate(order):
+            for tok, r, j, f in tg[bp]: flat_keep_pos.append(n); targets.append(tok); dest.append((r, j, f))
+        pkv = None
+        if past is not None: pkv = copy.deepcopy(past); pkv.batch_repeat_interleave(len(chunk))
+        pos_ids = torch.arange(Lp, Lp + L)[None].expand(len(chunk), L) if Lp else None
+        vals = self._gather(ids, keep, pos_ids, None, pkv, flat_keep_pos, targets, n_real=sum(len(t) for t, _ in chunk))
+        self._add(out, dest, vals)
+
+@patch
+def _add(self:TransformersLLM, out, dest, vals):
+    "Add gathered log-probs into out[r, j]; keep the answer-position states of first-token targets when asked."
+    for (r, j, _), v in zip(dest, vals): out[r, j] += v
+    if self._state_layers is not None:
+        for n, (r, j, first) in enumerate(dest):
+            if first and j == 0: self._states[r] = self._last_states[n]
+
+# %% ../../nbs/04a_llm_hf.ipynb #d5f9fb2b
+@patch
+def _gather(self:TransformersLLM, ids, keep, pos_ids, mask, past, flat_keep_pos, targets, n_real=None):
+    "log-probs of `targets` at kept positions `flat_keep_pos` (indices into the row-major kept positions)."
+    torch = _torch()
+    kw = dict(input_ids=ids.to(self.device), use_cache=past is not None)
+    if pos_ids is not None: kw["position_ids"] = pos_ids.to(self.device)
+    if mask is not None: kw["attention_mask"] = mask.to(self.device)
+    if past is not None: kw[self._kv_name] = past
+    k = keep.to(self.device)
+    if self._state_layers is not None: kw["output_hidden_states"] = True
+    ok = getattr(self, "_keep_mask_ok", None)   # a boolean logits_to_keep mask needs a recent transformers
+    if ok is None:                               # first call: probe on a copy of the KV cache (a failed pass may extend it)
         try:
-            lp = self._base_logprobs(list(prompts), list(options)); S = self._states
-        finally: self._state_layers, self._states = None, None
-        return lp, S
+            probe = dict(kw, **({self._kv_name: copy.deepcopy(past)} if past is not None else {}))
+            res = self.model(**probe, logits_to_keep=k); logits = res.logits; self._keep_mask_ok = ok = True
+        except (TypeError, IndexError): self._keep_mask_ok = ok = False
+    elif ok: res = self.model(**kw, logits_to_keep=k); logits = res.logits
+    if not ok: res = self.model(**kw); logits = res.logits[k]
+    logits = logits.reshape(-1, logits.shape[-1])
+    self.tokens_computed += int(ids.numel()) if n_real is None else int(n_real)   # padding not counted
+    sel = torch.as_tensor(flat_keep_pos, device=self.device)
+    lp = torch.log_softmax(logits[sel].float(), dim=-1)
+    if self._state_layers is not None:   # (targets, layers × hidden) states at each target's position
+        self._last_states = torch.cat([res.hidden_states[l][k] for l in self._state_layers], -1)[sel].float().cpu().numpy()
+    return lp.gather(1, torch.as_tensor(targets, device=self.device)[:, None])[:, 0].double().cpu().tolist()
 
-    def _base_logprobs(self, prompts, options):
-        reqs = self._requests(prompts, options)
-        out = np.zeros((len(reqs), len(options)))
-        method = self.scoring
-        if method == "packed" and getattr(self.model.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
-            method = "prefix"   # flash-attention kernels take no custom 4-D mask
-        torch = _torch()
-        with torch.inference_mode():
-            if method == "single":
-                for i in range(len(reqs)): self._score_rows([i], reqs, 0, None, out)
-            elif method == "batched":
-                for s in range(0, len(reqs), self.batch_size): self._score_rows(list(range(s, min(len(reqs), s + self.batch_size))), reqs, 0, None, out)
-            else:
-                for g in self._groups(reqs):
-                    Lp = min(min(common_prefix(reqs[g[0]][0], reqs[i][0]) for i in g), min(len(reqs[i][0]) for i in g) - 1)
-                    if len(g) == 1: Lp = 0
-                    (self._score_packed if method == "packed" else self._score_prefix)(g, reqs, Lp, out)
-        return out
+@patch
+def _score_prefix(self:TransformersLLM, g, reqs, Lp, out):
+    past = self._prefix_cache(reqs[g[0]][0][:Lp]) if Lp else None
+    self._score_rows(g, reqs, Lp, past, out)
 
-    def _rows(self, idx, reqs, Lp)->list:
-        "Padded-batch rows after a shared prefix of length Lp: (tokens, [(pos, target, req, opt)])."
-        rows = []
-        for r in idx:
-            ctx, opts = reqs[r]; suf = ctx[Lp:]
-            rows.append((suf, [(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
-            for j, o in enumerate(opts):
-                if len(o) > 1: rows.append((suf + o[:-1], [(len(suf) - 1 + k, o[k], r, j, False) for k in range(1, len(o))]))
-        return rows
+# %% ../../nbs/04a_llm_hf.ipynb #3ba9e5b8
+@patch
+def _packed_chunks(self:TransformersLLM, g, reqs, Lp, pack_tokens)->tuple:
+    "The segments of a prefix group (suffixes and option branches) and their split into chunks of at most pack_tokens."
+    segs = []   # dicts: tokens, parent (segment index, -1 = the prefix), start position, targets (pos, token, req, opt, first)
+    for r in g:
+        ctx, opts = reqs[r]; suf = ctx[Lp:]; si = len(segs)
+        segs.append(dict(tokens=suf, parent=-1, pos0=Lp, targets=[(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
+        for j, o in enumerate(opts):
+            if len(o) > 1:
+                segs.append(dict(tokens=o[:-1], parent=si, pos0=Lp + len(suf),
+                                 targets=[(k - 1, o[k], r, j, False) for k in range(1, len(o))]))
+    chunks, cur, n = [], [], Lp
+    for k, s in enumerate(segs):     # chunks hold whole families (a suffix with its branches)
+        if s["parent"] == -1 and cur and n + len(s["tokens"]) > pack_tokens: chunks.append(cur); cur, n = [], Lp
+        cur.append(k); n += len(s["tokens"])
+    chunks.append(cur)
+    return segs, chunks
 
-    def _score_rows(self, idx, reqs, Lp, past, out):
-        "Right-padded batch of rows (optionally on top of a prefix KV cache, repeated per row)."
-        torch = _torch()
-        rows = self._rows(idx, reqs, Lp)
-        for s in range(0, len(rows), self.batch_size):
-            chunk = rows[s:s + self.batch_size]
-            L = max(len(t) for t, _ in chunk)
-            ids = torch.full((len(chunk), L), self._pad_id, dtype=torch.long)
-            keep = torch.zeros((len(chunk), L), dtype=torch.bool)
-            tg = {}
-            for b, (t, trg) in enumerate(chunk):
-                ids[b, :len(t)] = torch.tensor(t)
-                for pos, tok, r, j, f in trg: keep[b, pos] = True; tg[(b, pos)] = tg.get((b, pos), []) + [(tok, r, j, f)]
-            order = [(b, p) for b in range(len(chunk)) for p in range(L) if keep[b, p]]
-            # a position can predict several targets (different options' first tokens): gather per (position, target)
-            flat_keep_pos, targets, dest = [], [], []
-            for n, bp in enumerate(order):
-                for tok, r, j, f in tg[bp]: flat_keep_pos.append(n); targets.append(tok); dest.append((r, j, f))
-            pkv = None
-            if past is not None: pkv = copy.deepcopy(past); pkv.batch_repeat_interleave(len(chunk))
-            pos_ids = torch.arange(Lp, Lp + L)[None].expand(len(chunk), L) if Lp else None
-            vals = self._gather(ids, keep, pos_ids, None, pkv, flat_keep_pos, targets, n_real=sum(len(t) for t, _ in chunk))
-            self._add(out, dest, vals)
+@patch
+def _chunk_inputs(self:TransformersLLM, segs, chunk, prefix, n_past)->dict:
+    "One packed sequence: the prefix (unless it is in a KV cache of n_past tokens), then the chunk's segments; tree mask and targets."
+    torch = _torch()
+    head = [] if n_past else list(prefix)           # the prefix rides along when there is no cache
+    toks, pos, seg_of = list(head), list(range(len(head))), [0] * len(head)
+    local, parent_sid, keep_pos, targets, dest = {}, {}, [], [], []
+    for k in chunk:
+        s = segs[k]; sid = len(local) + 1; local[k] = sid
+        parent_sid[sid] = 0 if s["parent"] == -1 else local[s["parent"]]
+        start = len(toks)
+        toks += s["tokens"]; pos += range(s["pos0"], s["pos0"] + len(s["tokens"])); seg_of += [sid] * len(s["tokens"])
+        for p, t, r, j, f in s["targets"]: keep_pos.append(start + p); targets.append(t); dest.append((r, j, f))
+    anc = np.eye(len(local) + 1, dtype=bool)
+    for sid in range(1, len(local) + 1):
+        a = sid
+        while a: a = parent_sid[a]; anc[sid, a] = True
+    allowed = _tree_mask(np.array(seg_of), anc, n_past=n_past)
+    kp = sorted(set(keep_pos)); where = {p: n for n, p in enumerate(kp)}
+    keep = torch.zeros((1, len(toks)), dtype=torch.bool); keep[0, kp] = True
+    return dict(ids=torch.tensor([toks]), keep=keep, pos=torch.tensor([pos]), mask=self._float_mask(allowed),
+                flat=[where[p] for p in keep_pos], targets=targets, dest=dest)
 
-    def _add(self, out, dest, vals):
-        "Add gathered log-probs into out[r, j]; keep the answer-position states of first-token targets when asked."
-        for (r, j, _), v in zip(dest, vals): out[r, j] += v
-        if self._state_layers is not None:
-            for n, (r, j, first) in enumerate(dest):
-                if first and j == 0: self._states[r] = self._last_states[n]
+@patch
+def _score_packed(self:TransformersLLM, g, reqs, Lp, out):
+    "Prefix + all suffixes (+ option branches) of a group in one sequence; chunked on a prefix KV cache if too long."
+    segs, chunks = self._packed_chunks(g, reqs, Lp, self.pack_tokens)
+    prefix = reqs[g[0]][0][:Lp]
+    past = self._prefix_cache(prefix) if (Lp and len(chunks) > 1) else None
+    for chunk in chunks:
+        c = self._chunk_inputs(segs, chunk, prefix, Lp if past is not None else 0)
+        pkv = copy.deepcopy(past) if past is not None else None
+        vals = self._gather(c["ids"], c["keep"], c["pos"], c["mask"], pkv, c["flat"], c["targets"])
+        self._add(out, c["dest"], vals)
 
-    def _gather(self, ids, keep, pos_ids, mask, past, flat_keep_pos, targets, n_real=None):
-        "log-probs of `targets` at kept positions `flat_keep_pos` (indices into the row-major kept positions)."
-        torch = _torch()
-        kw = dict(input_ids=ids.to(self.device), use_cache=past is not None)
-        if pos_ids is not None: kw["position_ids"] = pos_ids.to(self.device)
-        if mask is not None: kw["attention_mask"] = mask.to(self.device)
-        if past is not None: kw[self._kv_name] = past
-        k = keep.to(self.device)
-        if self._state_layers is not None: kw["output_hidden_states"] = True
-        ok = getattr(self, "_keep_mask_ok", None)   # a boolean logits_to_keep mask needs a recent transformers
-        if ok is None:                               # first call: probe on a copy of the KV cache (a failed pass may extend it)
-            try:
-                probe = dict(kw, **({self._kv_name: copy.deepcopy(past)} if past is not None else {}))
-                res = self.model(**probe, logits_to_keep=k); logits = res.logits; self._keep_mask_ok = ok = True
-            except (TypeError, IndexError): self._keep_mask_ok = ok = False
-        elif ok: res = self.model(**kw, logits_to_keep=k); logits = res.logits
-        if not ok: res = self.model(**kw); logits = res.logits[k]
-        logits = logits.reshape(-1, logits.shape[-1])
-        self.tokens_computed += int(ids.numel()) if n_real is None else int(n_real)   # padding not counted
-        sel = torch.as_tensor(flat_keep_pos, device=self.device)
-        lp = torch.log_softmax(logits[sel].float(), dim=-1)
-        if self._state_layers is not None:   # (targets, layers × hidden) states at each target's position
-            self._last_states = torch.cat([res.hidden_states[l][k] for l in self._state_layers], -1)[sel].float().cpu().numpy()
-        return lp.gather(1, torch.as_tensor(targets, device=self.device)[:, None])[:, 0].double().cpu().tolist()
+# %% ../../nbs/04a_llm_hf.ipynb #3d0daf82
+@patch
+def option_logits(self:TransformersLLM, prompts:Sequence[str], # rendered prompts; consecutive prompts sharing a prefix are packed together
+                  options:Sequence[str],       # continuations, each a single token (e.g. "1".."5")
+                 ):                            # torch (n, O) log p(option | prompt), differentiable (for adapter training)
+    "The packed prefix-shared scoring pass with gradients: each prefix group in one sequence (no KV cache, no cache)."
+    torch = _torch()
+    reqs = self._requests(list(prompts), list(options))
+    if any(len(o) != 1 for _, opts in reqs for o in opts):
+        raise ValueError(f"option_logits needs single-token options; {list(options)} are not all one token for this tokenizer.")
+    rows = [None] * len(reqs)
+    for g in self._groups(reqs):
+        Lp = min(min(common_prefix(reqs[g[0]][0], reqs[i][0]) for i in g), min(len(reqs[i][0]) for i in g) - 1) if len(g) > 1 else 0
+        segs, _ = self._packed_chunks(g, reqs, Lp, 10**9)
+        c = self._chunk_inputs(segs, list(range(len(segs))), reqs[g[0]][0][:Lp], 0)
+        res = self.model(input_ids=c["ids"].to(self.device), position_ids=c["pos"].to(self.device),
+                         attention_mask=c["mask"].to(self.device), use_cache=False, logits_to_keep=c["keep"].to(self.device))
+        self.tokens_computed += int(c["ids"].numel())
+        lg = res.logits.reshape(-1, res.logits.shape[-1])[torch.as_tensor(c["flat"], device=self.device)].float()
+        lp = torch.log_softmax(lg, -1).gather(1, torch.as_tensor(c["targets"], device=self.device)[:, None])[:, 0]
+        by = {}
+        for (r, j, _), v in zip(c["dest"], lp): by.setdefault(r, {})[j] = v
+        for r, d in by.items(): rows[r] = torch.stack([d[j] for j in range(len(options))])
+    return torch.stack(rows)
 
-    def _score_prefix(self, g, reqs, Lp, out):
-        past = self._prefix_cache(reqs[g[0]][0][:Lp]) if Lp else None
-        self._score_rows(g, reqs, Lp, past, out)
+# %% ../../nbs/04a_llm_hf.ipynb #4c896a47
+# -- generation
+@patch
+def _generate(self:TransformersLLM, prompts, max_tokens, temperature, seeds, stop):
+    torch = _torch()
+    out = [None] * len(prompts)
+    gen_kw = dict(max_new_tokens=max_tokens, pad_token_id=self._pad_id)
+    if stop: gen_kw.update(stop_strings=list(stop), tokenizer=self.tok)
+    encs = [self.encode(p) for p in prompts]
+    with torch.inference_mode():
+        if temperature == 0:
+            order = sorted(range(len(prompts)), key=lambda i: len(encs[i]))
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]; L = max(len(encs[i]) for i in idx)
+                ids = torch.full((len(idx), L), self._pad_id, dtype=torch.long); att = torch.zeros_like(ids)
+                for b, i in enumerate(idx): ids[b, L - len(encs[i]):] = torch.tensor(encs[i]); att[b, L - len(encs[i]):] = 1
+                g = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), do_sample=False,
+                                        temperature=None, top_p=None, top_k=None, **gen_kw)
+                for b, i in enumerate(idx): out[i] = self.tok.decode(g[b, L:], skip_special_tokens=True)
+        else:
+            devs = [self.device] if self.device.type == "cuda" else []
+            for i, e in enumerate(encs):
+                with torch.random.fork_rng(devices=devs):
+                    torch.manual_seed(seeds[i])
+                    g = self.model.generate(input_ids=torch.tensor([e], device=self.device), do_sample=True,
+                                            temperature=temperature, top_p=1.0, top_k=0, **gen_kw)
+                out[i] = self.tok.decode(g[0, len(e):], skip_special_tokens=True)
+    return out
 
-    def _packed_chunks(self, g, reqs, Lp, pack_tokens)->tuple:
-        "The segments of a prefix group (suffixes and option branches) and their split into chunks of at most pack_tokens."
-        segs = []   # dicts: tokens, parent (segment index, -1 = the prefix), start position, targets (pos, token, req, opt, first)
-        for r in g:
-            ctx, opts = reqs[r]; suf = ctx[Lp:]; si = len(segs)
-            segs.append(dict(tokens=suf, parent=-1, pos0=Lp, targets=[(len(suf) - 1, o[0], r, j, True) for j, o in enumerate(opts)]))
-            for j, o in enumerate(opts):
-                if len(o) > 1:
-                    segs.append(dict(tokens=o[:-1], parent=si, pos0=Lp + len(suf),
-                                     targets=[(k - 1, o[k], r, j, False) for k in range(1, len(o))]))
-        chunks, cur, n = [], [], Lp
-        for k, s in enumerate(segs):     # chunks hold whole families (a suffix with its branches)
-            if s["parent"] == -1 and cur and n + len(s["tokens"]) > pack_tokens: chunks.append(cur); cur, n = [], Lp
-            cur.append(k); n += len(s["tokens"])
-        chunks.append(cur)
-        return segs, chunks
-
-    def _chunk_inputs(self, segs, chunk, prefix, n_past)->dict:
-        "One packed sequence: the prefix (unless it is in a KV cache of n_past tokens), then the chunk's segments; tree mask and targets."
-        torch = _torch()
-        head = [] if n_past else list(prefix)           # the prefix rides along when there is no cache
-        toks, pos, seg_of = list(head), list(range(len(head))), [0] * len(head)
-        local, parent_sid, keep_pos, targets, dest = {}, {}, [], [], []
-        for k in chunk:
-            s = segs[k]; sid = len(local) + 1; local[k] = sid
-            parent_sid[sid] = 0 if s["parent"] == -1 else local[s["parent"]]
-            start = len(toks)
-            toks += s["tokens"]; pos += range(s["pos0"], s["pos0"] + len(s["tokens"])); seg_of += [sid] * len(s["tokens"])
-            for p, t, r, j, f in s["targets"]: keep_pos.append(start + p); targets.append(t); dest.append((r, j, f))
-        anc = np.eye(len(local) + 1, dtype=bool)
-        for sid in range(1, len(local) + 1):
-            a = sid
-            while a: a = parent_sid[a]; anc[sid, a] = True
-        allowed = _tree_mask(np.array(seg_of), anc, n_past=n_past)
-        kp = sorted(set(keep_pos)); where = {p: n for n, p in enumerate(kp)}
-        keep = torch.zeros((1, len(toks)), dtype=torch.bool); keep[0, kp] = True
-        return dict(ids=torch.tensor([toks]), keep=keep, pos=torch.tensor([pos]), mask=self._float_mask(allowed),
-                    flat=[where[p] for p in keep_pos], targets=targets, dest=dest)
-
-    def _score_packed(self, g, reqs, Lp, out):
-        "Prefix + all suffixes (+ option branches) of a group in one sequence; chunked on a prefix KV cache if too long."
-        segs, chunks = self._packed_chunks(g, reqs, Lp, self.pack_tokens)
-        prefix = reqs[g[0]][0][:Lp]
-        past = self._prefix_cache(prefix) if (Lp and len(chunks) > 1) else None
-        for chunk in chunks:
-            c = self._chunk_inputs(segs, chunk, prefix, Lp if past is not None else 0)
-            pkv = copy.deepcopy(past) if past is not None else None
-            vals = self._gather(c["ids"], c["keep"], c["pos"], c["mask"], pkv, c["flat"], c["targets"])
-            self._add(out, c["dest"], vals)
-
-    def option_logits(self, prompts:Sequence[str], # rendered prompts; consecutive prompts sharing a prefix are packed together
-                      options:Sequence[str],       # continuations, each a single token (e.g. "1".."5")
-                     ):                            # torch (n, O) log p(option | prompt), differentiable (for adapter training)
-        "The packed prefix-shared scoring pass with gradients: each prefix group in one sequence (no KV cache, no cache)."
-        torch = _torch()
-        reqs = self._requests(list(prompts), list(options))
-        if any(len(o) != 1 for _, opts in reqs for o in opts):
-            raise ValueError(f"option_logits needs single-token options; {list(options)} are not all one token for this tokenizer.")
-        rows = [None] * len(reqs)
-        for g in self._groups(reqs):
-            Lp = min(min(common_prefix(reqs[g[0]][0], reqs[i][0]) for i in g), min(len(reqs[i][0]) for i in g) - 1) if len(g) > 1 else 0
-            segs, _ = self._packed_chunks(g, reqs, Lp, 10**9)
-            c = self._chunk_inputs(segs, list(range(len(segs))), reqs[g[0]][0][:Lp], 0)
-            res = self.model(input_ids=c["ids"].to(self.device), position_ids=c["pos"].to(self.device),
-                             attention_mask=c["mask"].to(self.device), use_cache=False, logits_to_keep=c["keep"].to(self.device))
-            self.tokens_computed += int(c["ids"].numel())
-            lg = res.logits.reshape(-1, res.logits.shape[-1])[torch.as_tensor(c["flat"], device=self.device)].float()
-            lp = torch.log_softmax(lg, -1).gather(1, torch.as_tensor(c["targets"], device=self.device)[:, None])[:, 0]
-            by = {}
-            for (r, j, _), v in zip(c["dest"], lp): by.setdefault(r, {})[j] = v
-            for r, d in by.items(): rows[r] = torch.stack([d[j] for j in range(len(options))])
-        return torch.stack(rows)
-
-    # -- generation
-    def _generate(self, prompts, max_tokens, temperature, seeds, stop):
-        torch = _torch()
-        out = [None] * len(prompts)
-        gen_kw = dict(max_new_tokens=max_tokens, pad_token_id=self._pad_id)
-        if stop: gen_kw.update(stop_strings=list(stop), tokenizer=self.tok)
-        encs = [self.encode(p) for p in prompts]
-        with torch.inference_mode():
-            if temperature == 0:
-                order = sorted(range(len(prompts)), key=lambda i: len(encs[i]))
-                for s in range(0, len(order), self.batch_size):
-                    idx = order[s:s + self.batch_size]; L = max(len(encs[i]) for i in idx)
-                    ids = torch.full((len(idx), L), self._pad_id, dtype=torch.long); att = torch.zeros_like(ids)
-                    for b, i in enumerate(idx): ids[b, L - len(encs[i]):] = torch.tensor(encs[i]); att[b, L - len(encs[i]):] = 1
-                    g = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device), do_sample=False,
-                                            temperature=None, top_p=None, top_k=None, **gen_kw)
-                    for b, i in enumerate(idx): out[i] = self.tok.decode(g[b, L:], skip_special_tokens=True)
-            else:
-                devs = [self.device] if self.device.type == "cuda" else []
-                for i, e in enumerate(encs):
-                    with torch.random.fork_rng(devices=devs):
-                        torch.manual_seed(seeds[i])
-                        g = self.model.generate(input_ids=torch.tensor([e], device=self.device), do_sample=True,
-                                                temperature=temperature, top_p=1.0, top_k=0, **gen_kw)
-                    out[i] = self.tok.decode(g[0, len(e):], skip_special_tokens=True)
-        return out
-
-    # -- per-token log-probs of whole texts (what a server's `echo` needs)
-    def token_logprobs(self, texts:Sequence[str], # texts to score token by token
-                       top:int=0,                 # also return the `top` most likely next tokens at each position
-                      )->list[dict]:
-        "Per text: tokens, ids, char offsets, log p(token | previous) (None for the first), top alternatives, and the next token's top."
-        torch = _torch(); res = []
-        def tops(row, k): 
-            v, ix = row.topk(k)
-            return {self.tok.decode([int(t)]): float(x) for t, x in zip(ix.tolist(), v.tolist())}
-        with torch.inference_mode():
-            for text in texts:
-                enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-                ids, offs = list(enc.input_ids), [o[0] for o in enc.offset_mapping]
-                if self._add_bos and not text.startswith(self.bos_token): ids, offs = [self.tok.bos_token_id] + ids, [0] + offs
-                if not ids: raise ValueError("token_logprobs needs a non-empty text.")
-                lp = torch.log_softmax(self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float(), -1)
-                tl = [None] + lp[:-1].gather(1, torch.tensor(ids[1:], device=self.device, dtype=torch.long)[:, None])[:, 0].tolist()
-                toks = [text[offs[k]:(offs[k+1] if k + 1 < len(ids) else len(text))] for k in range(len(ids))]
-                res.append(dict(ids=ids, tokens=toks, offsets=offs, logprobs=tl,
-                                top=[None] + [tops(lp[k], top) for k in range(len(ids) - 1)] if top else [None] * len(ids),
-                                next_top=tops(lp[-1], max(top, 1))))
-        return res
+# -- per-token log-probs of whole texts (what a server's `echo` needs)
+@patch
+def token_logprobs(self:TransformersLLM, texts:Sequence[str], # texts to score token by token
+                   top:int=0,                 # also return the `top` most likely next tokens at each position
+                  )->list[dict]:
+    "Per text: tokens, ids, char offsets, log p(token | previous) (None for the first), top alternatives, and the next token's top."
+    torch = _torch(); res = []
+    def tops(row, k): 
+        v, ix = row.topk(k)
+        return {self.tok.decode([int(t)]): float(x) for t, x in zip(ix.tolist(), v.tolist())}
+    with torch.inference_mode():
+        for text in texts:
+            enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offs = list(enc.input_ids), [o[0] for o in enc.offset_mapping]
+            if self._add_bos and not text.startswith(self.bos_token): ids, offs = [self.tok.bos_token_id] + ids, [0] + offs
+            if not ids: raise ValueError("token_logprobs needs a non-empty text.")
+            lp = torch.log_softmax(self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0].float(), -1)
+            tl = [None] + lp[:-1].gather(1, torch.tensor(ids[1:], device=self.device, dtype=torch.long)[:, None])[:, 0].tolist()
+            toks = [text[offs[k]:(offs[k+1] if k + 1 < len(ids) else len(text))] for k in range(len(ids))]
+            res.append(dict(ids=ids, tokens=toks, offsets=offs, logprobs=tl,
+                            top=[None] + [tops(lp[k], top) for k in range(len(ids) - 1)] if top else [None] * len(ids),
+                            next_top=tops(lp[-1], max(top, 1))))
+    return res
