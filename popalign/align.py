@@ -21,7 +21,8 @@ __all__ = ['METHODS', 'DRAWS', 'SPACES', 'AlignResult', 'systematic_resample', '
 
 # %% ../nbs/12_align.ipynb #2fce873a
 METHODS = ("raw", "random", "is", "is+balanced", "is+semi_relaxed", "is+unbalanced",
-           "balanced", "semi_relaxed", "unbalanced")
+           "balanced", "semi_relaxed", "unbalanced",
+           "match")   # no weighting stage: the draw alone (uniform weights), the control that credits IS and OT
 DRAWS = ("multinomial", "without_replacement", "systematic", "assignment", "herding")
 SPACES = ("items", "traits")
 
@@ -171,9 +172,9 @@ def selection_weights(pool, reference, method:str="is+semi_relaxed", seed:int=0,
     Y = reference.X
     if max_human and len(Y) > max_human: Y = Y[np.random.default_rng(seeds[1]).choice(len(Y), max_human, replace=False)]
     Xs, Ys = _space(X, Y, inst, space, item_weights)
-    stages = method.split("+"); diag = dict(n_pool=len(X), n_human=len(Ys))
+    stages = [] if method == "match" else method.split("+"); diag = dict(n_pool=len(X), n_human=len(Ys))
     cand = np.arange(len(X)); w = np.full(len(X), 1/len(X))
-    if stages[0] == "is":
+    if stages and stages[0] == "is":
         t = time.perf_counter()
         wi, info = importance_weights(Xs, Ys, bandwidth=bandwidth, seed=int(seeds[2].generate_state(1)[0]), device=device)
         cand = np.sort(select_top(wi, keep))

@@ -98,7 +98,9 @@ def run_demo(n_personas:int|None=None, # pool size (default 60: 3,000 prompts on
     res = align(X, ref, N, seed=s_align)
     rnd = pd.DataFrame([evaluate(S_pool[align(X, ref, N, method="random", seed=s).indices], S_h, seed=seed)
                         for s in spawn_seeds(s_rand, random_draws)])
-    results = {"raw pool": evaluate(S_pool, S_h, seed=seed), "random": rnd.mean().to_dict(), "aligned": evaluate(S_pool[res.indices], S_h, seed=seed)}
+    mt = align(X, ref, N, method="match", seed=s_align)   # the same draw without IS or OT: what the weighting stages add
+    results = {"raw pool": evaluate(S_pool, S_h, seed=seed), "random": rnd.mean().to_dict(),
+               "match only": evaluate(S_pool[mt.indices], S_h, seed=seed), "aligned": evaluate(S_pool[res.indices], S_h, seed=seed)}
     if verbose: print(f"[4/5] metrics beside the like-for-like floor: {N} held-out people vs the same reference")
     floor = reference_floor(held.scores().to_numpy(float), S_h, N, reps=50, seed=s_floor)
     table = compare_table(results, floor)
@@ -112,7 +114,8 @@ def run_demo(n_personas:int|None=None, # pool size (default 60: 3,000 prompts on
     if verbose:
         print(f"[5/5] figure: {fig}"); print(table.round(4).to_string())
         a, f_, lo, hi = table.loc["AMW", "aligned"], table.loc["AMW", "floor"], table.loc["AMW", "random_lo"], table.loc["AMW", "random_hi"]
-        print(f"AMW: aligned {a:.3f} = {a / f_:.2f} x the floor {f_:.3f}; random {table.loc['AMW', 'random']:.3f} "
+        print(f"AMW: aligned {a:.3f} = {a / f_:.2f} x the floor {f_:.3f}; the same draw without IS/OT "
+              f"{table.loc['AMW', 'match only']:.3f}; random {table.loc['AMW', 'random']:.3f} "
               f"[{lo:.3f}, {hi:.3f}] over {random_draws} draws; pool trait SD / people's: "
               + ", ".join(f"{t} {S_pool[:, j].std(ddof=1) / S_h[:, j].std(ddof=1):.2f}" for j, t in enumerate(inst.traits)))
         print(f"mean valid mass on the options: {np.nanmean(R.valid_mass):.3f}; done in {time.perf_counter() - t0:.0f}s")
