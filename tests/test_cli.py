@@ -145,3 +145,15 @@ def test_every_flag_an_error_message_names_exists():
     assert named, "no message names a flag (the check would be empty)"
     bad = [x for x in named if x[2] not in flags]
     assert not bad, f"messages name flags the CLI does not have: {bad}"
+
+
+def test_a_damaged_cache_does_not_stop_a_run(tmp_path):
+    "An overwritten cache file is moved aside with a warning naming it; the run finishes and writes its output."
+    cache = tmp_path/"cache"; cache.mkdir(); (cache/"llm_cache.sqlite").write_bytes(b"garbage, not SQLite " * 200)
+    (tmp_path/"p.txt").write_text("A calm person.\nA loud person.\n")
+    r = subprocess.run(EXE + ["respond", str(tmp_path/"p.txt"), "--instrument", "bfi25", "--out", str(tmp_path/"r.npz"),
+                              "--backend", "scripted"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "POPALIGN_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path/"r.npz").exists() and "moved to" in r.stderr and str(cache/"llm_cache.sqlite") in r.stderr
+    assert list(cache.glob("llm_cache.sqlite.corrupt-*"))

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/04_llm.ipynb #12052361
 from __future__ import annotations
-import functools, hashlib, json, math, os, re, sqlite3, threading, time
+import functools, hashlib, json, math, os, re, sqlite3, threading, time, warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -59,7 +59,7 @@ def render_chat(template:str|None,        # a Jinja chat template; "chatml"; Non
 
 # %% ../../nbs/04_llm.ipynb #324bf127
 class ResponseCache:
-    "Content-addressed store of LLM answers in SQLite (WAL mode; safe with concurrent writers)."
+    "Content-addressed store of LLM answers in SQLite (WAL mode; safe with concurrent writers; damage is set aside, not fatal)."
     def __init__(self, path:str|Path|None=None, # SQLite file; default `cache_dir()/llm_cache.sqlite`
                  timeout:float=60.0,            # seconds a writer waits for a lock before retrying
                  retries:int=20):               # lock retries before giving up
@@ -67,8 +67,42 @@ class ResponseCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout, self.retries = timeout, retries
         self._local = threading.local()
+        self._guard(self._create)
+
+    def _create(self):
+        "The table (and the checksum column, added to caches made before it existed)."
         self._retry(lambda c: c.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
-                                        "kind TEXT, created REAL)"))
+                                        "kind TEXT, created REAL, sum TEXT)"))
+        cols = [r[1] for r in self._retry(lambda c: c.execute("PRAGMA table_info(responses)").fetchall())]
+        if "sum" not in cols: self._retry(lambda c: c.execute("ALTER TABLE responses ADD COLUMN sum TEXT"))
+
+    @staticmethod
+    def _sum(value_json:str)->str: return hashlib.sha256(value_json.encode()).hexdigest()[:16]
+
+    def _guard(self, fn, fallback=None):
+        "Run a cache operation; a damaged database file is moved aside (named in a warning) and the operation retried once."
+        try: return fn()
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e)): raise
+            self._set_aside(e)
+            try: return fn()
+            except sqlite3.DatabaseError: return fallback
+
+    def _set_aside(self, err):
+        "Move a damaged database (and its WAL files) to <name>.corrupt-<time> and start an empty one."
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            try: c.close()
+            except Exception: pass
+        self._local = threading.local()
+        bad = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        for suf in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suf)
+            if src.exists(): os.replace(src, Path(str(bad) + suf))
+        warnings.warn(f"The LLM response cache {self.path} is damaged ({err}); it was moved to {bad} and an empty cache "
+                      "started: answers are recomputed, nothing else is lost.", RuntimeWarning, stacklevel=3)
+        self._retry(lambda c: c.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+                                        "kind TEXT, created REAL, sum TEXT)"))
 
     def _conn(self)->sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -96,24 +130,33 @@ class ResponseCache:
         return h.hexdigest()
 
     def get_many(self, keys:Sequence[str])->dict:
-        "The stored values of those keys that are present."
-        out, keys = {}, list(dict.fromkeys(keys))
+        "The stored values of those keys that are present and intact (a value whose checksum fails is not served)."
+        out, keys, bad = {}, list(dict.fromkeys(keys)), []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i+500]
-            rows = self._retry(lambda c: c.execute(f"SELECT key, value FROM responses WHERE key IN ({','.join('?'*len(chunk))})",
-                                                  chunk).fetchall())
-            out.update((k, json.loads(v)) for k, v in rows)
+            q = f"SELECT key, value, sum FROM responses WHERE key IN ({','.join('?'*len(chunk))})"
+            rows = self._guard(lambda: self._retry(lambda c: c.execute(q, chunk).fetchall()), fallback=[])
+            for k, v, sm in rows:
+                try:
+                    if sm is not None and sm != self._sum(v): raise ValueError("checksum mismatch")
+                    out[k] = json.loads(v)
+                except ValueError as e: bad.append((k, str(e)))
+        if bad:
+            warnings.warn(f"{len(bad)} damaged value(s) in the response cache {self.path} were not served and will be "
+                          f"recomputed (first: key {bad[0][0][:16]}…, {bad[0][1]}).", RuntimeWarning, stacklevel=2)
         return out
 
     def put_many(self, items:dict, kind:str="")->None:
         "Store several values in one transaction (retried while the database is locked)."
         if not items: return
-        rows = [(k, json.dumps(v), kind, time.time()) for k, v in items.items()]
+        rows = [(k, j, kind, time.time(), self._sum(j)) for k, j in ((k, json.dumps(v)) for k, v in items.items())]
         def tx(c):
             c.execute("BEGIN IMMEDIATE")
-            try: c.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)", rows); c.execute("COMMIT")
+            try:
+                c.executemany("INSERT OR REPLACE INTO responses (key, value, kind, created, sum) VALUES (?, ?, ?, ?, ?)", rows)
+                c.execute("COMMIT")
             except BaseException: c.execute("ROLLBACK"); raise
-        self._retry(tx)
+        self._guard(lambda: self._retry(tx))
 
     def __len__(self): return self._retry(lambda c: c.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
     def __contains__(self, key): return bool(self.get_many([key]))
