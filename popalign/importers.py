@@ -4,7 +4,7 @@
 
 # %% ../nbs/09a_importers.ipynb #147d3418
 from __future__ import annotations
-import json
+import json, warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -114,8 +114,12 @@ def read_personas(path:str|Path,          # file or folder of shards
         col = next((c for c in TEXT_CANDIDATES if c in df), None)
         if col is None:
             strs = [c for c in df.columns if df[c].map(lambda v: isinstance(v, str)).mean() > 0.9]
-            if not strs: raise ValueError(f"{path}: no text column found; pass text_col= one of {list(df.columns)}.")
-            col = max(strs, key=lambda c: df[c].str.len().mean())
+            long = [c for c in strs if df[c].map(lambda v: len(v.split()) if isinstance(v, str) else 0).mean() >= 8]
+            if not long:   # a name or an occupation is not a persona
+                raise ValueError(f"{path}: no persona text column (none of {list(TEXT_CANDIDATES)}, and no column of "
+                                 f"sentences); name it with text_col= (command line: --text-column for respond, --text-col "
+                                 f"for import). Columns: {list(df.columns)[:15]}.")
+            col = max(long, key=lambda c: df[c].str.len().mean())
         text = df[col]
     ids = (df[id_col].astype(str) if id_col is not None else df["id"].astype(str) if "id" in df
            else df["uuid"].astype(str) if "uuid" in df else pd.Series(np.arange(len(df)).astype(str)))
@@ -130,6 +134,10 @@ def read_personas(path:str|Path,          # file or folder of shards
     for c in cand:
         if c in df: out[c] = df[c].values
     empty = out["text"].map(lambda t: not isinstance(t, str) or not t.strip())
+    if empty.any():   # a record without usable text is a counted skip, said out loud, never a persona
+        rows = [int(i) + 1 for i in np.flatnonzero(empty.to_numpy())[:5]]
+        warnings.warn(f"{path}: {int(empty.sum())} of {len(out)} records have no usable text (column '{getattr(text, 'name', None) or 'text'}') and "
+                      f"were skipped (records {rows}{' …' if empty.sum() > 5 else ''}, counting from 1).", stacklevel=2)
     out = out[~empty].reset_index(drop=True)
     out.attrs["skipped"] = {"empty text": int(empty.sum())} if empty.any() else {}
     out.attrs["layout"] = layout

@@ -72,3 +72,18 @@ def test_core_pipeline_imports_no_heavy_dependency():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]", f"importing the package loads heavy extras: {r.stdout.strip()}"
+
+
+def test_every_module_the_notebooks_import_is_installed():
+    "What the notebooks (paper notebooks included) import comes with `make` (core + the dev, llm, pii, paper extras)."
+    import importlib.util, json
+    optional = {"vllm", "llama_cpp"}        # GPU / source-built backends, imported only when asked for
+    mods = {}
+    for nb in sorted((ROOT/"nbs").rglob("*.ipynb")):
+        for cell in json.loads(nb.read_text(encoding="utf-8"))["cells"]:
+            if cell["cell_type"] != "code": continue
+            for m in re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", "".join(cell["source"]), re.M):
+                mods.setdefault(m, nb.name)
+    assert "numpy" in mods and "seaborn" in mods            # the scan sees the notebooks
+    missing = {m: nb for m, nb in mods.items() if m not in optional and m != "__future__" and importlib.util.find_spec(m) is None}
+    assert not missing, f"imported by notebooks but not installed by `make venv`: {missing}"
