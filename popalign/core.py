@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'package_file', 'data_roots', 'find_data',
-           'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'renamed_arg', 'require',
-           'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done', 'run_stage',
-           'runs_dir', 'cache_dir', 'rdata_table']
+__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'read_lines', 'package_file', 'data_roots',
+           'find_data', 'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'renamed_arg',
+           'require', 'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done',
+           'run_stage', 'runs_dir', 'cache_dir', 'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
 def __version__():
@@ -27,6 +27,20 @@ def __version__():
 PACKAGE_VERSION = __version__()
 REPO_ROOT = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path.cwd().parent
 PACKAGE_DATA = (Path(__file__).resolve().parent if "__file__" in globals() else REPO_ROOT/"popalign")/"data"
+
+def read_lines(path:str|Path,        # a text file
+               fallback:str="latin-1", # the encoding of a line that is not valid UTF-8
+              )->tuple:                 # (lines with their line ends, numbers (from 1) of the lines read with `fallback`)
+    "A text file's lines, each decoded as UTF-8 or, only where that fails, as `fallback`: one stray byte costs one line, not the file."
+    lines, bad = [], []
+    with open(path, "rb") as f:
+        for ln, raw in enumerate(f, 1):
+            try: lines.append(raw.decode("utf-8-sig" if ln == 1 else "utf-8"))
+            except UnicodeDecodeError: lines.append(raw.decode(fallback)); bad.append(ln)
+    if bad:
+        warnings.warn(f"{path}: {len(bad)} of {len(lines)} lines are not valid UTF-8 and were read as {fallback} "
+                      f"(lines {bad[:5]}{' …' if len(bad) > 5 else ''}); every other line is UTF-8.", stacklevel=2)
+    return lines, bad
 
 def package_file(name:str, # path inside popalign/data/, e.g. "synth/taxonomy.yaml"
                 )->Path:

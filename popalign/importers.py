@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core import fingerprint, run_stage
+from .core import fingerprint, run_stage, read_lines
 
 # %% auto #0
 __all__ = ['TEXT_CANDIDATES', 'NEMOTRON_TEXT_FIELDS', 'NEMOTRON_DEMOGRAPHICS', 'detect_layout', 'read_personas', 'import_cli']
@@ -37,14 +37,14 @@ def _read_table(path:Path, limit:int|None=None)->pd.DataFrame:
     suf = path.suffix.lower()
     if suf in (".jsonl", ".ndjson"):
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip(): continue
-                try: r = json.loads(line)
-                except json.JSONDecodeError as e: raise ValueError(f"{path}, line {ln}: not valid JSON ({e.msg}).") from None
-                if ln == 1 and isinstance(r, dict) and "_provenance" in r: continue
-                rows.append(r)
-                if limit is not None and len(rows) >= limit: break
+        lines, _ = read_lines(path)   # a stray byte costs its line's decoding, never the file
+        for ln, line in enumerate(lines, 1):
+            if not line.strip(): continue
+            try: r = json.loads(line)
+            except json.JSONDecodeError as e: raise ValueError(f"{path}, line {ln}: not valid JSON ({e.msg}).") from None
+            if ln == 1 and isinstance(r, dict) and "_provenance" in r: continue
+            rows.append(r)
+            if limit is not None and len(rows) >= limit: break
         return pd.DataFrame(rows)
     if suf == ".json":
         df = pd.read_json(path)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05d_readers.ipynb #51b4d0d9
 from __future__ import annotations
-import json, re, zipfile, zlib
+import io, json, re, zipfile, zlib
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import find_data
+from .core import find_data, read_lines
 from .reference import decode_utf7
 
 # %% auto #0
@@ -101,8 +101,11 @@ def toy_blog_files()->dict[str, bytes]:
 
 # %% ../nbs/05d_readers.ipynb #ea79bd6d
 def _read_csv_any(path, **kw)->pd.DataFrame:
-    try: return pd.read_csv(path, **kw)
-    except UnicodeDecodeError: return pd.read_csv(path, encoding="latin-1", **kw)
+    "A CSV decoded line by line (UTF-8, latin-1 only for the lines that need it; counted in attrs and warned about)."
+    lines, bad = read_lines(path)
+    df = pd.read_csv(io.StringIO("".join(lines)), **kw)
+    df.attrs["latin1_lines"] = len(bad)
+    return df
 
 def read_blog_csv(path:str|Path, # CSV with columns id, gender, age, topic, sign, date, text
                   limit:int|None=None, # read at most this many rows
@@ -135,7 +138,7 @@ def read_itemsgen(path:str|Path|None=None, # data.csv; default: openpsychometric
                  )->pd.DataFrame:          # one row per statement, demographics as columns
     "Read itemsgen (three first-person statements per person) into a segment table."
     path = Path(path) if path is not None else find_data("openpsychometrics/itemsgen/data.csv")
-    d = pd.read_csv(path, sep="\t", dtype={"country": str}, keep_default_na=False, na_values=[""])
+    d = _read_csv_any(path, sep="\t", dtype={"country": str}, keep_default_na=False, na_values=[""])
     miss = [c for c in ["item1", "item2", "item3", "age", "gender"] if c not in d.columns]
     if miss: raise ValueError(f"{path} lacks columns {miss}; itemsgen has item1 item2 item3 age engnat gender country.")
     d["author_id"] = "itemsgen:" + d.index.astype(str)
@@ -187,7 +190,7 @@ def read_sentences1(path:str|Path|None=None, # data1.csv; default: openpsychomet
                    )->pd.DataFrame:          # one row per rendered completion; gender, age, EX NR OP AG CN as columns
     "Read SENTANCES1 (six sentence completions + true Big-Five scores per person) into a segment table."
     path = Path(path) if path is not None else find_data("openpsychometrics/SENTANCES1/data1.csv")
-    d = pd.read_csv(path)
+    d = _read_csv_any(path)
     miss = [c for c in list(SENTENCE_STEMS) + TRAIT_COLUMNS + ["gender", "age"] if c not in d.columns]
     if miss: raise ValueError(f"{path} lacks columns {miss}; data1.csv has gender age S1..S6 EX NR OP AG CN.")
     rows, empty = [], 0
@@ -211,17 +214,18 @@ def read_jsonl_corpus(path:str|Path, # JSONL with author_id, text and an optiona
                      )->pd.DataFrame:
     "Read a generic JSONL corpus into a segment table; bad lines are counted, not fatal."
     rows, skipped = [], Counter()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for ln, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: r = json.loads(line)
-            except json.JSONDecodeError: skipped["bad JSON line"] += 1; continue
-            if not isinstance(r, dict) or r.get("author_id") in (None, "") or not str(r.get("text") or "").strip():
-                skipped["missing author_id or text"] += 1; continue
-            meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
-            rows.append({**{k: v for k, v in meta.items() if k not in ("author_id", "text", "segment_id", "source")},
-                         "author_id": str(r["author_id"]), "text": str(r["text"]).strip(),
-                         "segment_id": str(r.get("segment_id") or f"{path.name if isinstance(path, Path) else Path(path).name}:{ln}")})
+    lines, bad = read_lines(path)
+    if bad: skipped["lines read as latin-1"] = len(bad)
+    for ln, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: skipped["bad JSON line"] += 1; continue
+        if not isinstance(r, dict) or r.get("author_id") in (None, "") or not isinstance(r.get("text"), str) or not r["text"].strip():
+            skipped["missing author_id or text (or text not a string)"] += 1; continue
+        meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
+        rows.append({**{k: v for k, v in meta.items() if k not in ("author_id", "text", "segment_id", "source")},
+                     "author_id": str(r["author_id"]), "text": str(r["text"]).strip(),
+                     "segment_id": str(r.get("segment_id") or f"{path.name if isinstance(path, Path) else Path(path).name}:{ln}")})
     if not rows: raise ValueError(f"{path}: no usable line (need {{'author_id', 'text'}} per line); skipped {dict(skipped)}.")
     df = pd.DataFrame(rows)
     df["source"] = source
