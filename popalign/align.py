@@ -178,7 +178,7 @@ def selection_weights(pool, reference, method:str="is+semi_relaxed", seed:int=0,
         t = time.perf_counter()
         wi, info = importance_weights(Xs, Ys, bandwidth=bandwidth, seed=int(seeds[2].generate_state(1)[0]), device=device)
         cand = np.sort(select_top(wi, keep))
-        if len(cand) == 0: raise ValueError(f"Importance sampling kept no candidates (keep={keep}); raise keep.")
+        if len(cand) == 0: raise ValueError(f"Importance sampling kept no candidates (keep={keep}); raise keep (command line: --keep).")
         w = np.zeros(len(X)); w[cand] = wi[cand]
         diag["is"] = dict(seconds=time.perf_counter() - t, kept=len(cand), bandwidth=bandwidth, keep=keep,
                           ess=float(1 / np.sum((wi / wi.sum())**2)))

@@ -151,6 +151,7 @@ def build_parser()->argparse.ArgumentParser:
     pa.add_argument("--space", default="traits", choices=["traits", "items"])
     pa.add_argument("--draw", default="assignment", help="multinomial | without_replacement | systematic | assignment | herding")
     pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--keep", type=float, default=0.7, help="fraction of the pool kept by importance sampling (IS methods)")
     pa.add_argument("--out", required=True, help="output CSV of selected persona ids (metrics go beside it)")
 
     pm_ = sub.add_parser("mine", help="mine personas from people's own writing (funnel report)",
@@ -169,6 +170,8 @@ def build_parser()->argparse.ArgumentParser:
     pc.add_argument("input", help="persona file from `popalign mine`")
     pc.add_argument("--out", required=True)
     pc.add_argument("--min-overall", type=int, default=8); pc.add_argument("--min-other", type=int, default=7)
+    pc.add_argument("--allow-no-source", action="store_true", help="score personas without their source text "
+                    "(hallucination is then judged without evidence)")
     answer_args(pc, "the five scores (choice: one question per dimension, no reasons)")
     llm_args(pc, required=True)
 
@@ -194,6 +197,7 @@ def build_parser()->argparse.ArgumentParser:
     pi.add_argument("input"); pi.add_argument("--out", required=True)
     pi.add_argument("--layout", default="auto", help="auto | personahub | nemotron | tulu | generic")
     pi.add_argument("--text-col", default=None); pi.add_argument("--limit", type=int, default=None)
+    pi.add_argument("--id-col", default=None, help="the id column (default: id/uuid if present, else the row number)")
 
     pv = sub.add_parser("serve", help="serve a local model over a minimal OpenAI-compatible API (127.0.0.1)",
                         description="For local use and tests: /v1/completions (with logprobs) and /v1/chat/completions.")
@@ -295,7 +299,7 @@ def _cmd_align(a):
     R = Responses.load(a.responses); ref = load_reference(a.reference, instrument=a.instrument)
     check_instrument(R, ref.instrument, where=a.responses)   # never re-label answers to another instrument
     X = pd.DataFrame(R.expected(), columns=R.item_ids)
-    res = align(X, ref, a.n, method=a.method, space=a.space, draw=a.draw, seed=a.seed)
+    res = align(X, ref, a.n, method=a.method, space=a.space, draw=a.draw, seed=a.seed, keep=a.keep)
     rnd = align(X, ref, a.n, method="random", seed=a.seed)
     S = ref.instrument.score(X).to_numpy(float); H = ref.scores().to_numpy(float)
     T = compare_table({"raw pool": evaluate(S, H, seed=a.seed), "random": evaluate(S[rnd.indices], H, seed=a.seed),
@@ -321,6 +325,7 @@ def _cmd_mine(a):
 def _cmd_critic(a):
     from popalign.critic import critic_cli
     path, rep = critic_cli(a.input, a.out, _llm(a), min_overall=a.min_overall, min_other=a.min_other, answer=a.answer,
+                           allow_no_source=a.allow_no_source,
                            prefill=_prefills(a).get("critic", ""))
     print(rep); print(f"wrote: {path}")
     return 0
@@ -339,7 +344,7 @@ def _cmd_synth(a):
 
 def _cmd_import(a):
     from popalign.importers import import_cli
-    path, info = import_cli(a.input, a.out, layout=a.layout, text_col=a.text_col, limit=a.limit)
+    path, info = import_cli(a.input, a.out, layout=a.layout, text_col=a.text_col, id_col=a.id_col, limit=a.limit)
     print(info); print(f"wrote: {path}")
     return 0
 

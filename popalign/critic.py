@@ -86,7 +86,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
     if source_col not in personas:
         if not allow_no_source:
             raise ValueError(f"personas have no '{source_col}' column, so hallucination cannot be judged; keep the source text "
-                             "when mining (mine_cli keeps it) or pass allow_no_source=True.")
+                             "when mining (mine_cli keeps it) or pass allow_no_source=True (command line: --allow-no-source).")
         sources = ["(source text not available)"] * len(personas)
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
     if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")

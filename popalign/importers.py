@@ -142,7 +142,7 @@ def read_personas(path:str|Path,          # file or folder of shards
     out.attrs["skipped"] = {"empty text": int(empty.sum())} if empty.any() else {}
     out.attrs["layout"] = layout
     if out["id"].duplicated().any():
-        raise ValueError(f"{path}: ids are not unique ({int(out['id'].duplicated().sum())} repeats); pass id_col= a unique column.")
+        raise ValueError(f"{path}: ids are not unique ({int(out['id'].duplicated().sum())} repeats); pass id_col= a unique column (command line: --id-col).")
     return out
 
 # %% ../nbs/09a_importers.ipynb #0e32008b

@@ -360,7 +360,7 @@ def load_reference(name_or_path:str|Path,       # a known name (see REFERENCES) 
         looks_like_path = isinstance(name_or_path, Path) or p.suffix or "/" in str(name_or_path) or "\\" in str(name_or_path)
         if not looks_like_path:
             raise ValueError(f"Unknown reference {name_or_path!r}. Known references:\n  {_known_refs()}\n"
-                             "Or pass a path to a CSV/TSV file with instrument= (and columns= to map its columns).")
+                             "Or pass a path to a CSV/TSV file with instrument= (command line: --instrument; and columns= to map its columns).")
         if p.is_dir(): p = p/"data.csv"
         path = p if p.exists() else find_data(p, data_dir)
         ref_name = name or (path.parent.name if path.name == "data.csv" else path.stem)

@@ -175,7 +175,7 @@ def _as_personas(personas, text_column=None, id_column=None)->tuple:
         col = next((c for c in cands if c in personas.columns), None)
         if col is None:
             raise ValueError(f"The persona table needs a text column: {'column ' + repr(text_column) + ' is missing' if text_column else 'none of ' + str(cands) + ' found'}; "
-                             f"its columns are {list(personas.columns)[:12]}. Pass text_column=.")
+                             f"its columns are {list(personas.columns)[:12]}. Pass text_column= (command line: --text-column).")
         texts = personas[col].tolist()
         ids = personas[id_column].tolist() if id_column else (personas["id"].tolist() if "id" in personas.columns else list(personas.index))
     elif isinstance(personas, pd.Series): texts, ids = personas.tolist(), list(personas.index)
