@@ -70,15 +70,31 @@ def run_paper(name:str,                 # notebook name in nbs/paper, without .i
         shutil.copy2(f, Path(tgt)/f.name); copied.append(str(Path(tgt)/f.name))
     return dict(notebook=str(dst), outputs=[str(p) for p in sorted(out.iterdir())], copied=copied)
 
-# %% ../nbs/17_cli.ipynb #17e54998
-def build_parser()->argparse.ArgumentParser:
-    "The `popalign` argument parser (one sub-command per job)."
-    p = argparse.ArgumentParser(prog="popalign", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Population-aligned persona sets for LLM social simulation.\n\n"
-                    "Every stage reads and writes plain files with a provenance header; outputs go to runs/,\n"
-                    "figures/ and tables/. Run `popalign COMMAND --help` for each command.")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+# %% ../nbs/17_cli.ipynb #16287bc8
+def _llm_args(q, required=False):
+    g = q.add_argument_group("LLM backend (precedence: these flags > environment > settings file > defaults)")
+    g.add_argument("--backend", default=None, help="transformers (embedded default) | vllm | openai | llamacpp | scripted")
+    g.add_argument("--model", default=None, help="model path, GGUF file or server model name (default: embedded SmolLM2-135M)")
+    g.add_argument("--base-url", dest="base_url", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
+    g.add_argument("--adapter", default=None, help="response adapter folder (popalign pra train); default: the shipped "
+                   "adapter for the embedded model; 'none': the base model")
+    g.add_argument("--settings", default=None, help="settings file (default: popalign.toml / popalign.yaml in the working directory)")
+    g.add_argument("--no-cache", dest="no_cache", action="store_true", default=None, help="do not use the response cache")
+    if not required: g.add_argument("--no-llm", action="store_true", help="rule/template steps only, no model")
 
+def _answer_args(q, what):
+    g = q.add_argument_group("how the LLM answers closed questions")
+    g.add_argument("--answer", default="generate", choices=["generate", "choice"],
+                   help=f"{what}: generate = write the answer, parsed strictly and retried (the papers' way; needs a capable "
+                        "model); choice = score every allowed answer and take the likeliest (never fails to parse; "
+                        "use it with small local models such as the embedded one)")
+    g.add_argument("--prefill", action="store_true", help="start each generated answer with its format "
+                   "(popalign.mine.PREFILLS, e.g. '{\"persona\":'); helps small models keep the format")
+
+# %% ../nbs/17_cli.ipynb #fc037633
+def _add_result_commands(sub):
+    "paper and bench."
     pp = sub.add_parser("paper", help="run a parameterized paper notebook (tables/figures) with papermill",
                         description="Run nbs/paper/NAME.ipynb with papermill into runs/NAME/, then copy its figures "
                                     "to figures/ and tables to tables/.",
@@ -105,27 +121,9 @@ def build_parser()->argparse.ArgumentParser:
                     "('default': the shipped one)")
     pb.add_argument("--out", default=None, help="also write the table as CSV here")
 
-    def llm_args(q, required=False):
-        g = q.add_argument_group("LLM backend (precedence: these flags > environment > settings file > defaults)")
-        g.add_argument("--backend", default=None, help="transformers (embedded default) | vllm | openai | llamacpp | scripted")
-        g.add_argument("--model", default=None, help="model path, GGUF file or server model name (default: embedded SmolLM2-135M)")
-        g.add_argument("--base-url", dest="base_url", default=None, help="openai backend: server URL, e.g. http://127.0.0.1:8000/v1")
-        g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
-        g.add_argument("--adapter", default=None, help="response adapter folder (popalign pra train); default: the shipped "
-                       "adapter for the embedded model; 'none': the base model")
-        g.add_argument("--settings", default=None, help="settings file (default: popalign.toml / popalign.yaml in the working directory)")
-        g.add_argument("--no-cache", dest="no_cache", action="store_true", default=None, help="do not use the response cache")
-        if not required: g.add_argument("--no-llm", action="store_true", help="rule/template steps only, no model")
-
-    def answer_args(q, what):
-        g = q.add_argument_group("how the LLM answers closed questions")
-        g.add_argument("--answer", default="generate", choices=["generate", "choice"],
-                       help=f"{what}: generate = write the answer, parsed strictly and retried (the papers' way; needs a capable "
-                            "model); choice = score every allowed answer and take the likeliest (never fails to parse; "
-                            "use it with small local models such as the embedded one)")
-        g.add_argument("--prefill", action="store_true", help="start each generated answer with its format "
-                       "(popalign.mine.PREFILLS, e.g. '{\"persona\":'); helps small models keep the format")
-
+# %% ../nbs/17_cli.ipynb #21a2f211
+def _add_alignment_commands(sub):
+    "respond and align."
     pr = sub.add_parser("respond", help="personas answer an instrument (option probabilities), cached and resumable",
                         description="Each persona answers every item of the instrument through the role-play prompt; "
                                     "answers are probabilities over the scale options. Writes an .npz artifact.",
@@ -136,7 +134,7 @@ def build_parser()->argparse.ArgumentParser:
     pr.add_argument("--mode", choices=["likert", "text"], default="likert", help="likert: option log-probs; text: parse generated answers")
     pr.add_argument("--limit", type=int, default=None, help="only the first N personas")
     pr.add_argument("--text-column", default=None, help="persona text column (default: persona/text/description/summary)")
-    llm_args(pr, required=True)
+    _llm_args(pr, required=True)
 
     pa = sub.add_parser("align", help="select N personas whose answers match a human reference",
                         description="Select N personas from a responses artifact so that their trait scores are "
@@ -154,6 +152,9 @@ def build_parser()->argparse.ArgumentParser:
     pa.add_argument("--keep", type=float, default=0.7, help="fraction of the pool kept by importance sampling (IS methods)")
     pa.add_argument("--out", required=True, help="output CSV of selected persona ids (metrics go beside it)")
 
+# %% ../nbs/17_cli.ipynb #ef22c36b
+def _add_persona_commands(sub):
+    "mine, critic, deid, synth and import."
     pm_ = sub.add_parser("mine", help="mine personas from people's own writing (funnel report)",
                          description="Corpus → segment filters → dedup → LLM clean / quality → per-author aggregation → "
                                      "persona summary with verified evidence. Prints the funnel.")
@@ -162,8 +163,8 @@ def build_parser()->argparse.ArgumentParser:
     pm_.add_argument("--out", required=True, help="persona file (.jsonl or .parquet)")
     pm_.add_argument("--limit-authors", type=int, default=None, help="only the first N authors")
     pm_.add_argument("--seed", type=int, default=0)
-    answer_args(pm_, "the quality tags")
-    llm_args(pm_)
+    _answer_args(pm_, "the quality tags")
+    _llm_args(pm_)
 
     pc = sub.add_parser("critic", help="score personas 1-10 on five criteria and keep the good ones",
                         description="Hallucination, coverage, conciseness, relevance, overall; strict JSON, retried, never guessed.")
@@ -172,16 +173,16 @@ def build_parser()->argparse.ArgumentParser:
     pc.add_argument("--min-overall", type=int, default=8); pc.add_argument("--min-other", type=int, default=7)
     pc.add_argument("--allow-no-source", action="store_true", help="score personas without their source text "
                     "(hallucination is then judged without evidence)")
-    answer_args(pc, "the five scores (choice: one question per dimension, no reasons)")
-    llm_args(pc, required=True)
+    _answer_args(pc, "the five scores (choice: one question per dimension, no reasons)")
+    _llm_args(pc, required=True)
 
     pdd = sub.add_parser("deid", help="remove PII (names, addresses, emails, phones, bank/card numbers)",
                          description="Rule + NER layer (Presidio/spaCy), optionally followed by the LLM detector/rewriter; "
                                      "only the sensitive spans change.")
     pdd.add_argument("input", help="persona file"); pdd.add_argument("--out", required=True)
     pdd.add_argument("--text-col", default="text")
-    answer_args(pdd, "the LLM PII detector (yes/no)")
-    llm_args(pdd)
+    _answer_args(pdd, "the LLM PII detector (yes/no)")
+    _llm_args(pdd)
 
     ps = sub.add_parser("synth", help="synthesize personas (DeepPersona: taxonomy + progressive attribute sampling)",
                         description="Anchors from value tables, near/middle/far attribute strata, breadth-first expansion, "
@@ -190,7 +191,7 @@ def build_parser()->argparse.ArgumentParser:
     ps.add_argument("--taxonomy", default=None, help="taxonomy tree file (default: popalign/data/synth/taxonomy.yaml)")
     ps.add_argument("--anchors", default="uniform", help="anchor value tables: uniform | census")
     ps.add_argument("--seed", type=int, default=0)
-    llm_args(ps)
+    _llm_args(ps)
 
     pi = sub.add_parser("import", help="import an existing persona set (PersonaHub, Nemotron, Tulu, any table)",
                         description="Reads JSONL / CSV / Parquet with a text column, or the named public layouts.")
@@ -199,10 +200,13 @@ def build_parser()->argparse.ArgumentParser:
     pi.add_argument("--text-col", default=None); pi.add_argument("--limit", type=int, default=None)
     pi.add_argument("--id-col", default=None, help="the id column (default: id/uuid if present, else the row number)")
 
+# %% ../nbs/17_cli.ipynb #09c2bf3c
+def _add_model_commands(sub):
+    "serve, pra and demo."
     pv = sub.add_parser("serve", help="serve a local model over a minimal OpenAI-compatible API (127.0.0.1)",
                         description="For local use and tests: /v1/completions (with logprobs) and /v1/chat/completions.")
     pv.add_argument("--port", type=int, default=8000); pv.add_argument("--host", default="127.0.0.1")
-    llm_args(pv, required=True)
+    _llm_args(pv, required=True)
 
     pa = sub.add_parser("pra", help="train or evaluate a Psychometric Response Adapter (personas steer the responder)",
                         description="DIPA's Psychometric Response Adapter. `train` extracts the base model's answer-position "
@@ -234,6 +238,17 @@ def build_parser()->argparse.ArgumentParser:
     pd_.add_argument("--n-personas", type=int, default=None, help="pool size (default: sized to run in ~5 min)")
     pd_.add_argument("--out", default=None, help="output folder (default: runs/demo)")
     pd_.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+
+# %% ../nbs/17_cli.ipynb #2f9ecbbb
+def build_parser()->argparse.ArgumentParser:
+    "The `popalign` argument parser (one sub-command per job)."
+    p = argparse.ArgumentParser(prog="popalign", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Population-aligned persona sets for LLM social simulation.\n\n"
+                    "Every stage reads and writes plain files with a provenance header; outputs go to runs/,\n"
+                    "figures/ and tables/. Run `popalign COMMAND --help` for each command.")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for add in (_add_result_commands, _add_alignment_commands, _add_persona_commands, _add_model_commands):
+        add(sub)
     return p
 
 # %% ../nbs/17_cli.ipynb #470a5d42
