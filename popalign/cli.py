@@ -251,7 +251,7 @@ def build_parser()->argparse.ArgumentParser:
         add(sub)
     return p
 
-# %% ../nbs/17_cli.ipynb #470a5d42
+# %% ../nbs/17_cli.ipynb #c4886a5f
 def _cmd_paper(a):
     if a.list or not a.name:
         papers = list_papers()
@@ -290,6 +290,7 @@ def _cmd_demo(a):
     run_demo(n_personas=a.n_personas, out=a.out, seed=a.seed)
     return 0
 
+# %% ../nbs/17_cli.ipynb #ac916de9
 def _llm(a):
     "An LLM from the shared flags (None with --no-llm)."
     if getattr(a, "no_llm", False): return None
@@ -325,6 +326,7 @@ def _cmd_align(a):
     print(res); print(T.round(4).to_string()); print(f"wrote: {out}")
     return 0
 
+# %% ../nbs/17_cli.ipynb #04222cd4
 def _prefills(a)->dict:
     from popalign.prompts import PREFILLS
     return dict(PREFILLS) if a.prefill else {}
@@ -363,6 +365,7 @@ def _cmd_import(a):
     print(info); print(f"wrote: {path}")
     return 0
 
+# %% ../nbs/17_cli.ipynb #2eedd803
 def _cmd_serve(a):
     from popalign.llm import serve
     srv = serve(_llm(a), host=a.host, port=a.port, block=False)
