@@ -402,6 +402,9 @@ def main(argv:list[str]|None=None)->int:
     try: return _HANDLERS[a.cmd](a) or 0
     except (FileNotFoundError, ValueError) as e:
         print(f"popalign {a.cmd}: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt:   # answers computed so far are in the response cache; stage outputs are written atomically
+        print(f"\npopalign {a.cmd}: interrupted; run the same command again to resume (finished work is cached).",
+              file=sys.stderr); return 130
 
 # %% ../nbs/17_cli.ipynb #55b3a2ae
 def _in_ipython()->bool:

@@ -467,6 +467,9 @@ def respond_cli(personas_path:str|Path,      # persona file or folder (read by `
                )->Path:
     "Run `respond` from files: read personas, load the backend from settings, save the Responses artifact."
     from popalign.importers import read_personas  # the one persona reader (notebook 09a); imported here, as it comes later
+    if Path(out).suffix.lower() != ".npz":          # checked before any work: a late refusal would throw the answers away
+        raise ValueError(f"--out must end in .npz (responses are saved as an NPZ artifact); got {out}.")
+    if limit is not None and int(limit) < 1: raise ValueError(f"limit must be a positive number of personas; got {limit}.")
     s = settings if isinstance(settings, Settings) else Settings.load(cli=settings or {})
     df = read_personas(personas_path, text_col=text_column, id_col=id_column, limit=limit, prefix_ids=False)
     llm = load_llm_from_settings(s)

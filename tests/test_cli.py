@@ -157,3 +157,21 @@ def test_a_damaged_cache_does_not_stop_a_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path/"r.npz").exists() and "moved to" in r.stderr and str(cache/"llm_cache.sqlite") in r.stderr
     assert list(cache.glob("llm_cache.sqlite.corrupt-*"))
+
+
+def test_respond_checks_its_output_before_any_work(tmp_path):
+    "A wrong --out or --limit 0 is refused at once, before the model loads or a prompt is scored."
+    (tmp_path/"p.txt").write_text("A calm person.\n")
+    for extra, msg in ((["--out", str(tmp_path/"r.csv")], "must end in .npz"), (["--out", str(tmp_path/"r.npz"), "--limit", "0"], "positive")):
+        r = run("respond", str(tmp_path/"p.txt"), "--instrument", "bfi25", *extra, check=False)   # the embedded backend: never loaded
+        assert r.returncode == 2 and msg in r.stderr, r.stderr[-500:]
+        assert "Loading weights" not in r.stderr
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    "Ctrl-C ends with a sentence and exit 130, not a traceback (monkeypatch restores the handler table afterwards)."
+    from popalign import cli
+    def boom(a): raise KeyboardInterrupt
+    monkeypatch.setitem(cli._HANDLERS, "demo", boom)
+    assert cli.main(["demo"]) == 130
+    assert "interrupted; run the same command again to resume" in capsys.readouterr().err
