@@ -101,9 +101,12 @@ def toy_blog_files()->dict[str, bytes]:
 
 # %% ../nbs/05d_readers.ipynb #ea79bd6d
 def _read_csv_any(path, **kw)->pd.DataFrame:
-    "A CSV decoded line by line (UTF-8, latin-1 only for the lines that need it; counted in attrs and warned about)."
-    lines, bad = read_lines(path)
-    df = pd.read_csv(io.StringIO("".join(lines)), **kw)
+    "A CSV read as UTF-8 by pandas (streamed); a file that is not valid UTF-8 is decoded line by line instead (latin-1 only "
+    "for the lines that need it; counted in attrs and warned about), never wholly re-read as latin-1."
+    try: df, bad = pd.read_csv(path, encoding="utf-8", **kw), []
+    except UnicodeDecodeError:
+        lines, bad = read_lines(path)
+        df = pd.read_csv(io.StringIO("".join(lines)), **kw)
     df.attrs["latin1_lines"] = len(bad)
     return df
 

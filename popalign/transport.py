@@ -21,8 +21,7 @@ __all__ = ['METHODS', 'median_cost', 'persona_weights', 'transport_plan', 'cost_
 METHODS = ("semi_relaxed", "balanced", "unbalanced")
 
 def _marginal(v, k:int, name:str, dev)->torch.Tensor:
-    "A marginal as a float64 tensor summing to 1: None → uniform; else k positive finite numbers (normalized)."
-    if v is None: return torch.full((k,), 1.0 / k, dtype=torch.float64, device=dev)
+    "A given marginal as a float64 tensor summing to 1: k positive finite numbers (normalized)."
     v = np.asarray(v, dtype=np.float64)
     if v.shape != (k,) or not np.isfinite(v).all() or (v <= 0).any():
         bad = "" if v.shape != (k,) else f"; first bad entry at {int(np.flatnonzero(~np.isfinite(v) | (v <= 0))[0])}"
