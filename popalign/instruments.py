@@ -240,11 +240,7 @@ def from_spec(cls:Instrument,
     if not isinstance(spec, dict):
         path = Path(spec); where, base = str(path), path.parent
         if not path.exists(): raise FileNotFoundError(f"Instrument spec {path} does not exist.")
-        text = _read_text(path)
-        if path.suffix.lower() == ".json": spec = json.loads(text)
-        else:
-            import yaml
-            spec = yaml.safe_load(text)
+        spec = _parse_spec_text(_read_text(path), path)
         if not isinstance(spec, dict): raise ValueError(f"{where}: expected a mapping at the top level; got {type(spec).__name__}.")
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown: raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_SPEC_KEYS)}.")
@@ -257,15 +253,40 @@ def from_spec(cls:Instrument,
         scale = (spec["scale_min"], spec["scale_max"]) if "scale_min" in spec and "scale_max" in spec else None
         return cls.from_codebook(cb, spec["keys"], name=spec["name"], scale=scale, **common)
     if not spec.get("items"): raise ValueError(f"{where}: the spec needs 'items' (a list) or 'codebook' + 'keys'.")
-    items = []
-    for j, d in enumerate(spec["items"]):
-        miss = [k for k in ("id", "text", "trait") if k not in d]
-        if miss: raise ValueError(f"{where}: item {j} lacks {miss}; each item needs id, text, trait (and optionally sign).")
-        items.append(Item(str(d["id"]), str(d["text"]), str(d["trait"]), int(d.get("sign", 1))))
+    items = [_spec_item(d, j, where) for j, d in enumerate(spec["items"])]
     for k in ("scale_min", "scale_max"):
         if k not in spec: raise ValueError(f"{where}: the spec needs '{k}' when it lists items.")
     return cls(spec["name"], items, spec["scale_min"], spec["scale_max"], common["labels"] or {}, common["missing_codes"],
                dict(common["trait_names"]), common["citation"], spec.get("source", where))
+
+# %% ../nbs/01_instruments.ipynb #4e252bdb
+_ITEM_KEYS = ("id", "text", "trait", "sign")
+
+def _parse_spec_text(text:str, path:Path)->dict:
+    "The YAML/JSON of a spec file; a syntax error names the file and line."
+    try:
+        if path.suffix.lower() == ".json": return json.loads(text)
+        import yaml
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as e: raise ValueError(f"{path}, line {e.lineno}: not valid JSON ({e.msg}).") from None
+    except Exception as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e}).") from None
+
+def _spec_item(d, j:int, where:str)->Item:
+    "One item of a spec's `items` list, checked field by field."
+    if not isinstance(d, dict): raise ValueError(f"{where}: item {j} must be a mapping {{id, text, trait, sign}}; got {d!r}.")
+    name = f"item {j}" + (f" ({d['id']!r})" if d.get("id") is not None else "")
+    unknown = sorted(set(map(str, d)) - set(_ITEM_KEYS))
+    if unknown: raise ValueError(f"{where}: {name} has unknown field(s) {unknown}; allowed: {list(_ITEM_KEYS)}.")
+    miss = [k for k in ("id", "text", "trait") if d.get(k) is None or str(d[k]).strip() == ""]
+    if miss: raise ValueError(f"{where}: {name} lacks {miss} (missing or empty); each item needs id, text, trait (and optionally sign).")
+    if not isinstance(d["text"], str): raise ValueError(f"{where}: {name}: text must be a string; got {d['text']!r}.")
+    sign = d.get("sign", 1)
+    if isinstance(sign, bool) or not isinstance(sign, (int, float)) or sign not in (1, -1):
+        raise ValueError(f"{where}: {name}: sign must be 1 or -1 (reverse-keyed); got {sign!r}.")
+    return Item(str(d["id"]), d["text"], str(d["trait"]), int(sign))
 
 # %% ../nbs/01_instruments.ipynb #9612dc23
 def _signed(prefix, n, rev): return [("-" if i in rev else "") + f"{prefix}{i}" for i in range(1, n + 1)]

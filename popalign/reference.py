@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_reference.ipynb #f3b4317c
 from __future__ import annotations
-import codecs, csv, re
+import codecs, csv, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +155,10 @@ def read_table(path:str|Path,            # a delimited text file with a header l
     enc = _scan(path, sep)
     enc = encoding or enc
     with open(path, encoding=enc, errors="replace") as f: header = next(csv.reader([f.readline()], delimiter=sep))
+    names = [h.strip() for h in header]
+    dups = sorted({h for h in names if names.count(h) > 1})
+    if dups: raise ValueError(f"{path}, line 1: column(s) {dups} appear more than once in the header; rename or remove the copies "
+                              "(pandas would silently rename them and a copied item column would be read as a demographic).")
     keep_na = {c for c in header if c.strip().lower() in keep_na_text}
     na = {c: [t for t in _NA_TOKENS if t not in ("NA", "N/A")] if c in keep_na else _NA_TOKENS for c in header}
     dtype = {c: str for c in keep_na}
@@ -172,7 +176,7 @@ def read_table(path:str|Path,            # a delimited text file with a header l
 _DROP = ("drop", "keep")
 
 def _assemble(raw:pd.DataFrame, inst:Instrument, *, name:str, source:str, missing:str="drop", duplicates:str="keep",
-              age_range:tuple=(13, 100), gender_codes:dict|None=None, exclude=(), where:str="")->Reference:
+              age_range:tuple=(13, 100), gender_codes:dict|None=None, exclude=(), where:str="", warn:bool=False)->Reference:
     "Clean a raw table (item columns named by item id) into a Reference, counting every change."
     if missing not in _DROP: raise ValueError(f"missing must be 'drop' or 'keep'; got {missing!r}.")
     if duplicates not in _DROP: raise ValueError(f"duplicates must be 'drop' or 'keep'; got {duplicates!r}.")
@@ -214,9 +218,20 @@ def _assemble(raw:pd.DataFrame, inst:Instrument, *, name:str, source:str, missin
     if "gender" in lower: demo[lower["gender"]], dropped["genders: unknown code → NA"] = clean_gender(demo[lower["gender"]], gender_codes)
     if "country" in lower: demo[lower["country"]], dropped["countries: not ISO2 → NA"] = clean_country(demo[lower["country"]])
     demo = demo.rename(columns={lower[c]: c for c in ("age", "gender", "country") if c in lower})
+    _check_rows(keep, {"no item answered": none, "exact duplicate": dup & (duplicates == "drop"),
+                       "some items missing": partial & (missing == "drop")}, where or source, n, warn)
     idx = raw.index[keep]
     resp = pd.DataFrame(vals[keep], index=idx, columns=inst.item_ids)
     return Reference(name, inst, resp, demo.loc[idx], dropped, source, [], n)
+
+def _check_rows(keep:np.ndarray, why:dict, where:str, n:int, warn:bool, first:int=5):
+    "Refuse a reference with no usable row; with `warn`, name the file lines of dropped rows (first few per reason)."
+    lines = {k: (np.flatnonzero(m) + 2).tolist() for k, m in why.items() if np.any(m)}   # +2: 1-based, after the header line
+    said = "; ".join(f"{k}: {len(v):,} (lines {v[:first]}{' …' if len(v) > first else ''})" for k, v in lines.items())
+    if not keep.any():
+        raise ValueError(f"{where}: no usable rows — " + ("the file has a header but no data lines." if n == 0 else
+                         f"all {n:,} rows were dropped ({said}); check the file and missing= / the instrument's scale."))
+    if warn and lines: warnings.warn(f"{where}: {sum(map(len, lines.values())):,} of {n:,} rows dropped — {said}.", stacklevel=3)
 
 # %% ../nbs/02_reference.ipynb #e75ac2ff
 def _take(ref:Reference, pos:np.ndarray, note:str)->Reference:
@@ -386,7 +401,8 @@ def load_reference(name_or_path:str|Path,       # a known name (see REFERENCES) 
                          f"the file has {list(raw.columns)[:20]}{' …' if raw.shape[1] > 20 else ''}.")
     raw = raw.rename(columns=cmap)
     exclude = [c for c in spec.get("item_columns", []) if c not in inst.item_ids]
-    return _assemble(raw, inst, name=ref_name, source=str(path), exclude=exclude, where=str(path), **opts)
+    return _assemble(raw, inst, name=ref_name, source=str(path), exclude=exclude, where=str(path),
+                     warn=key not in REFERENCES, **opts)
 
 # %% ../nbs/02_reference.ipynb #cda85497
 def _write_ipip_ffm(path:str|Path, X:np.ndarray, country:list, seed:int=0)->Path:
