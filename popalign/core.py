@@ -286,10 +286,11 @@ def runs_dir(sub:str|None=None)->Path:
     return p
 
 def cache_dir()->Path:
-    "The default cache folder (`$POPALIGN_CACHE`, the checkout's `.cache/popalign`, or `~/.cache/popalign`), created if missing."
-    if os.environ.get("POPALIGN_CACHE"): p = Path(os.environ["POPALIGN_CACHE"])
-    elif (REPO_ROOT/"settings.ini").exists(): p = REPO_ROOT/".cache"/"popalign"
-    else: p = Path.home()/".cache"/"popalign"
+    "The default cache folder (`$POPALIGN_CACHE`, else the user cache folder of `platformdirs`), created if missing."
+    if os.environ.get("POPALIGN_CACHE"): p = Path(os.environ["POPALIGN_CACHE"]).expanduser()
+    else:
+        import platformdirs
+        p = Path(platformdirs.user_cache_dir("popalign", appauthor=False))
     p.mkdir(parents=True, exist_ok=True)
     return p
 

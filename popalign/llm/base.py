@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..core import cache_dir, text_hash
 
 # %% auto #0
-__all__ = ['CHATML_TEMPLATE', 'PLAIN_TEMPLATE', 'render_chat', 'ResponseCache', 'prompt_seed', 'LLM', 'ScriptedLLM']
+__all__ = ['CHATML_TEMPLATE', 'PLAIN_TEMPLATE', 'render_chat', 'ResponseCache', 'prompt_seed', 'flush_size', 'LLM', 'ScriptedLLM']
 
 # %% ../../nbs/04_llm.ipynb #fa2bc185
 CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -197,10 +197,21 @@ def _make_cache(cache)->ResponseCache|None:
         return ResponseCache(p if p.suffix in (".sqlite", ".db", ".sqlite3") else p/"llm_cache.sqlite")
     raise TypeError(f"cache must be True, False, a path or a ResponseCache; got {type(cache).__name__}.")
 
+# %% ../../nbs/04_llm.ipynb #1bd18eb6
+def flush_size(done:int,          # prompts in the call just finished
+               seconds:float,     # how long it took
+               chunk_size:int,    # the most prompts per call
+               flush_seconds:float,  # target seconds per call (between cache writes)
+              )->int:
+    "Prompts for the next backend call so that it takes about `flush_seconds` at the measured speed."
+    if seconds <= 0 or done <= 0: return int(chunk_size)
+    return int(max(1, min(chunk_size, done * flush_seconds / seconds)))
+
 # %% ../../nbs/04_llm.ipynb #9dfe4ff0
 class LLM:
     "Base class of every backend: checks, cache, chunking and counters around `_generate`/`_option_logprobs`."
     backend = "base"
+    flush_seconds = 30.0   # answers reach the cache at least this often (a kill loses at most this much work)
 
     def __init__(self, model_id:str,               # identifies the model in cache keys and provenance
                  cache=True,                       # True: default cache; False/None: none; a path or a ResponseCache
@@ -291,14 +302,16 @@ class LLM:
         todo = sorted(first.values())
         self.stats["cache_hits"] += len(keys) - len(todo)
         with tqdm(total=len(todo), disable=not verbose or not todo, desc=f"{self.backend} {kind}") as bar:
-            for s in range(0, len(todo), self.chunk_size):
-                idx = todo[s:s+self.chunk_size]
+            s, size = 0, min(self.chunk_size, 8)      # a small first chunk measures the speed
+            while s < len(todo):
+                idx = todo[s:s+size]; t0 = time.perf_counter()
                 res = fn(idx)
                 new = {keys[i]: r for i, r in zip(idx, res)}
                 if self.cache is not None: self.cache.put_many(new, kind)
                 got.update(new)
                 self.stats["generated" if kind == "gen" else "scored"] += len(idx)
-                bar.update(len(idx))
+                bar.update(len(idx)); s += len(idx)
+                size = flush_size(len(idx), time.perf_counter() - t0, self.chunk_size, self.flush_seconds)
         return [got[k] for k in keys]
 
     # -- backends implement these
