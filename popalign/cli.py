@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .core import REPO_ROOT, runs_dir, require
+from .core import REPO_ROOT, runs_dir, require, check_stage_io
 
 # %% auto #0
 __all__ = ['paper_dir', 'list_papers', 'run_paper', 'build_parser', 'main']
@@ -333,6 +333,7 @@ def _prefills(a)->dict:
 
 def _cmd_mine(a):
     from popalign.mine import mine_cli
+    check_stage_io(a.input, a.out)          # inputs first: a model load (and the LLM work) must not come before an error
     llm = _llm(a)
     path, funnel = mine_cli(a.input, a.out, llm=llm, source=a.source, deterministic_only=llm is None,
                             limit_authors=a.limit_authors, seed=a.seed, answer=a.answer, prefills=_prefills(a))
@@ -341,6 +342,8 @@ def _cmd_mine(a):
 
 def _cmd_critic(a):
     from popalign.critic import critic_cli
+    check_stage_io(a.input, a.out, columns=("text",) if a.allow_no_source else ("text", "source_text"),
+                   hint="The critic judges a persona against the text it was mined from; --allow-no-source judges the text alone.")
     path, rep = critic_cli(a.input, a.out, _llm(a), min_overall=a.min_overall, min_other=a.min_other, answer=a.answer,
                            allow_no_source=a.allow_no_source,
                            prefill=_prefills(a).get("critic", ""))
@@ -349,12 +352,14 @@ def _cmd_critic(a):
 
 def _cmd_deid(a):
     from popalign.privacy import deid_cli
+    check_stage_io(a.input, a.out, columns=(a.text_col,))
     path, summary = deid_cli(a.input, a.out, llm=_llm(a), text_col=a.text_col, answer=a.answer, prefills=_prefills(a) or None)
     print(summary); print(f"wrote: {path}")
     return 0
 
 def _cmd_synth(a):
-    from popalign.synth import synth_cli
+    from popalign.synth import synth_cli, get_taxonomy
+    check_stage_io(None, a.out); get_taxonomy(a.taxonomy)     # a bad --taxonomy fails before the model loads
     path, rep = synth_cli(a.out, a.n, taxonomy=a.taxonomy, llm=_llm(a), anchor_tables=a.anchors, seed=a.seed)
     print(rep); print(f"wrote: {path}")
     return 0

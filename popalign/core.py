@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'read_lines', 'package_file', 'data_roots',
-           'find_data', 'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning', 'check_array', 'renamed_arg',
-           'require', 'provenance', 'text_hash', 'save_artifact', 'load_artifact', 'fingerprint', 'stage_done',
-           'run_stage', 'runs_dir', 'cache_dir', 'rdata_table']
+__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'read_lines', 'iter_lines', 'warn_fallback',
+           'package_file', 'data_roots', 'find_data', 'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning',
+           'check_array', 'renamed_arg', 'require', 'provenance', 'text_hash', 'save_artifact', 'load_artifact',
+           'fingerprint', 'stage_done', 'run_stage', 'check_stage_io', 'runs_dir', 'cache_dir', 'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
 def __version__():
@@ -32,15 +32,28 @@ def read_lines(path:str|Path,        # a text file
                fallback:str="latin-1", # the encoding of a line that is not valid UTF-8
               )->tuple:                 # (lines with their line ends, numbers (from 1) of the lines read with `fallback`)
     "A text file's lines, each decoded as UTF-8 or, only where that fails, as `fallback`: one stray byte costs one line, not the file."
-    lines, bad = [], []
+    bad = []
+    lines = list(iter_lines(path, fallback, bad))
+    warn_fallback(path, bad, len(lines), fallback, stacklevel=3)
+    return lines, bad
+
+def iter_lines(path:str|Path, fallback:str="latin-1",
+               bad:list|None=None,   # numbers (from 1) of the lines read with `fallback` are appended here
+              ):
+    "`read_lines` one line at a time, for readers that stop early (a `limit`) on files too big to hold."
     with open(path, "rb") as f:
         for ln, raw in enumerate(f, 1):
-            try: lines.append(raw.decode("utf-8-sig" if ln == 1 else "utf-8"))
-            except UnicodeDecodeError: lines.append(raw.decode(fallback)); bad.append(ln)
+            try: text = raw.decode("utf-8-sig" if ln == 1 else "utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode(fallback)
+                if bad is not None: bad.append(ln)
+            yield text
+
+def warn_fallback(path, bad:list, n_lines:int, fallback:str="latin-1", stacklevel:int=2):
+    "Say which lines of `path` were not UTF-8 (nothing when `bad` is empty)."
     if bad:
-        warnings.warn(f"{path}: {len(bad)} of {len(lines)} lines are not valid UTF-8 and were read as {fallback} "
-                      f"(lines {bad[:5]}{' …' if len(bad) > 5 else ''}); every other line is UTF-8.", stacklevel=2)
-    return lines, bad
+        warnings.warn(f"{path}: {len(bad)} of {n_lines} lines are not valid UTF-8 and were read as {fallback} "
+                      f"(lines {bad[:5]}{' …' if len(bad) > 5 else ''}); every other line is UTF-8.", stacklevel=stacklevel)
 
 def package_file(name:str, # path inside popalign/data/, e.g. "synth/taxonomy.yaml"
                 )->Path:
@@ -276,6 +289,30 @@ def run_stage(stage:str,              # the stage's name in the provenance ("min
     prov = provenance(seed=seed, params=params, stage=stage, **{**extra, report_field: report, "run_key": run_key})
     save_artifact(obj, output, prov)
     return output, report
+
+# %% ../nbs/00_core.ipynb #7bb7481c
+def check_stage_io(input:str|Path|None,              # the stage's input file or folder (None: built-in data)
+                   output:str|Path,                  # the artifact the stage will write
+                   suffixes:tuple=(".jsonl", ".parquet"), # formats the stage writes
+                   columns:tuple=(),                 # columns a persona artifact input must have (read to check)
+                   hint:str="",                      # added to the missing-column error (e.g. the flag that lifts it)
+                  )->None:
+    "Check a stage's input and output before a model loads or an LLM is called: a late error would lose that work."
+    out = Path(output)
+    if out.suffix.lower() not in suffixes: raise ValueError(f"--out must end in {' or '.join(suffixes)}; got {out}.")
+    if out.is_dir(): raise ValueError(f"--out {out} is a folder; give a file name ending in {' or '.join(suffixes)}.")
+    try: out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise ValueError(f"--out {out}: cannot create its folder ({e.strerror}).") from None
+    if input is None: return
+    inp = Path(input)
+    if not inp.exists(): raise FileNotFoundError(f"{inp} does not exist.")
+    if inp.resolve() == out.resolve(): raise ValueError(f"--out {out} is the input file; the stage would overwrite it. Choose another --out.")
+    if columns and inp.is_file() and inp.suffix.lower() in (".jsonl", ".parquet"):
+        obj, _ = load_artifact(inp)
+        df = obj if isinstance(obj, pd.DataFrame) else pd.DataFrame(obj)
+        if len(df) == 0: raise ValueError(f"{inp} holds no records.")
+        miss = [c for c in columns if c not in df.columns]
+        if miss: raise ValueError(f"{inp} has no column(s) {miss}; its columns: {list(df.columns)[:20]}.{' ' + hint if hint else ''}")
 
 # %% ../nbs/00_core.ipynb #30fc28ba
 def runs_dir(sub:str|None=None)->Path:

@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core import fingerprint, run_stage, read_lines
+from .core import fingerprint, run_stage, iter_lines, warn_fallback
 
 # %% auto #0
 __all__ = ['TEXT_CANDIDATES', 'NEMOTRON_TEXT_FIELDS', 'NEMOTRON_DEMOGRAPHICS', 'detect_layout', 'read_personas', 'import_cli']
@@ -36,15 +36,15 @@ def _read_table(path:Path, limit:int|None=None)->pd.DataFrame:
         return pd.concat(parts, ignore_index=True)
     suf = path.suffix.lower()
     if suf in (".jsonl", ".ndjson"):
-        rows = []
-        lines, _ = read_lines(path)   # a stray byte costs its line's decoding, never the file
-        for ln, line in enumerate(lines, 1):
+        rows, bad, ln = [], [], 0
+        for ln, line in enumerate(iter_lines(path, bad=bad), 1):   # streamed: a limit stops reading; a stray byte costs one line
             if not line.strip(): continue
             try: r = json.loads(line)
             except json.JSONDecodeError as e: raise ValueError(f"{path}, line {ln}: not valid JSON ({e.msg}).") from None
             if ln == 1 and isinstance(r, dict) and "_provenance" in r: continue
             rows.append(r)
             if limit is not None and len(rows) >= limit: break
+        warn_fallback(path, bad, ln, stacklevel=3)
         return pd.DataFrame(rows)
     if suf == ".json":
         df = pd.read_json(path)
