@@ -163,6 +163,9 @@ def _add_persona_commands(sub):
     pm_.add_argument("--out", required=True, help="persona file (.jsonl or .parquet)")
     pm_.add_argument("--limit-authors", type=int, default=None, help="only the first N authors")
     pm_.add_argument("--seed", type=int, default=0)
+    pm_.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a filter-chain setting overriding the source's default, repeatable: min_tokens, min_posts, "
+                          "first_person, dedup_scope, near_threshold, max_chars, … (e.g. --option min_tokens=10)")
     _answer_args(pm_, "the quality tags")
     _llm_args(pm_)
 
@@ -331,12 +334,22 @@ def _prefills(a)->dict:
     from popalign.prompts import PREFILLS
     return dict(PREFILLS) if a.prefill else {}
 
+def _options(pairs:list)->dict:
+    "`--option KEY=VALUE` pairs as keyword arguments (values read as YAML: numbers, booleans, lists)."
+    out = {}
+    for s in pairs:
+        k, eq, v = s.partition("=")
+        if not eq or not k.strip(): raise ValueError(f"--option takes KEY=VALUE (e.g. --option min_tokens=10); got {s!r}.")
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
 def _cmd_mine(a):
     from popalign.mine import mine_cli
     check_stage_io(a.input, a.out)          # inputs first: a model load (and the LLM work) must not come before an error
     llm = _llm(a)
     path, funnel = mine_cli(a.input, a.out, llm=llm, source=a.source, deterministic_only=llm is None,
-                            limit_authors=a.limit_authors, seed=a.seed, answer=a.answer, prefills=_prefills(a))
+                            limit_authors=a.limit_authors, seed=a.seed, answer=a.answer, prefills=_prefills(a),
+                            **_options(a.option))
     print(funnel); print(f"wrote: {path}")
     return 0
 

@@ -102,7 +102,7 @@ def filter_segments(df:pd.DataFrame,              # segment table
     "The paper's preprocessing filter: enough tokens and a first-person pronoun."
     n0 = len(df)
     df = df[df["text"].map(count_tokens) >= min_tokens]
-    _step(funnel, "min_tokens", n0, len(df), f"fewer than {min_tokens} tokens", hint="Lower min_tokens.")
+    _step(funnel, "min_tokens", n0, len(df), f"fewer than {min_tokens} tokens", hint="Lower min_tokens (command line: --option min_tokens=N).")
     if first_person:
         n1 = len(df)
         df = df[df["text"].map(has_first_person)]
@@ -161,7 +161,7 @@ def drop_small_authors(df:pd.DataFrame, min_posts:int=6, funnel:Funnel|None=None
     n = df.groupby("author_id")["text"].transform("size")
     out = df[n >= min_posts].reset_index(drop=True)
     out.attrs = dict(df.attrs)
-    _step(funnel, step, len(df), len(out), f"author has fewer than {min_posts} segments", hint="Lower min_posts.")
+    _step(funnel, step, len(df), len(out), f"author has fewer than {min_posts} segments", hint="Lower min_posts (command line: --option min_posts=N).")
     return out
 
 # %% ../nbs/06_mine.ipynb #4a2ee04a
@@ -291,7 +291,7 @@ def aggregate_authors(df:pd.DataFrame,        # segment table after the filters
         rows.append(r)
     out = pd.DataFrame(rows, columns=["author_id", "text", "n_posts", "n_used", "segment_ids"] + meta_cols)
     _step(funnel, "min_posts", df["author_id"].nunique(), len(out), f"author has fewer than {min_posts} kept segments",
-          unit="authors", hint="Lower min_posts.")
+          unit="authors", hint="Lower min_posts (command line: --option min_posts=N).")
     return out
 
 # %% ../nbs/06_mine.ipynb #87449779
@@ -429,7 +429,7 @@ def mine_cli(input:str|Path|None,          # corpus path (folder/zip/csv/jsonl);
     import inspect
     allowed = set(inspect.signature(mine).parameters) - {"segments", "llm", "seed", "batch_size", "verbose", "retries"}
     bad = sorted(set(options) - allowed)
-    if bad: raise TypeError(f"Unknown mine option(s) {bad}; allowed: {sorted(allowed)}.")
+    if bad: raise ValueError(f"Unknown mine option(s) {bad} (command line: --option KEY=VALUE); allowed: {sorted(allowed)}.")
     segments, source = read_corpus(input, source)
     fp = fingerprint(input if input is not None else find_data(BUILTIN_SOURCES[source]))
     opts = chain_options(source, **options)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05d_readers.ipynb #51b4d0d9
 from __future__ import annotations
-import io, json, re, zipfile, zlib
+import io, json, re, warnings, zipfile, zlib
 from collections import Counter
 from pathlib import Path
 
@@ -216,20 +216,23 @@ def read_jsonl_corpus(path:str|Path, # JSONL with author_id, text and an optiona
                       source:str="jsonl", # value of the `source` column
                      )->pd.DataFrame:
     "Read a generic JSONL corpus into a segment table; bad lines are counted, not fatal."
-    rows, skipped = [], Counter()
+    rows, skipped, at = [], Counter(), {}
     lines, bad = read_lines(path)
     if bad: skipped["lines read as latin-1"] = len(bad)
+    def skip(reason, ln): skipped[reason] += 1; at.setdefault(reason, []).append(ln)
     for ln, line in enumerate(lines, 1):
         if not line.strip(): continue
         try: r = json.loads(line)
-        except json.JSONDecodeError: skipped["bad JSON line"] += 1; continue
+        except json.JSONDecodeError: skip("bad JSON line", ln); continue
         if not isinstance(r, dict) or r.get("author_id") in (None, "") or not isinstance(r.get("text"), str) or not r["text"].strip():
-            skipped["missing author_id or text (or text not a string)"] += 1; continue
+            skip("missing author_id or text (or text not a string)", ln); continue
         meta = r.get("meta") if isinstance(r.get("meta"), dict) else {}
         rows.append({**{k: v for k, v in meta.items() if k not in ("author_id", "text", "segment_id", "source")},
                      "author_id": str(r["author_id"]), "text": str(r["text"]).strip(),
                      "segment_id": str(r.get("segment_id") or f"{path.name if isinstance(path, Path) else Path(path).name}:{ln}")})
-    if not rows: raise ValueError(f"{path}: no usable line (need {{'author_id', 'text'}} per line); skipped {dict(skipped)}.")
+    said = "; ".join(f"{k}: {len(v)} (lines {v[:5]}{' …' if len(v) > 5 else ''})" for k, v in at.items())
+    if not rows: raise ValueError(f"{path}: no usable line (need {{'author_id', 'text'}} per line); skipped: {said or dict(skipped)}.")
+    if at: warnings.warn(f"{path}: {sum(map(len, at.values()))} of {len(lines)} lines skipped — {said}.", stacklevel=2)
     df = pd.DataFrame(rows)
     df["source"] = source
     front = ["author_id", "segment_id", "text", "source"]

@@ -67,7 +67,7 @@ def test_mine_cli_end_to_end_and_resume(tmp_path):
     n = len(llm.calls)
     M.mine_cli(b, tmp_path / "personas.parquet", llm=llm, min_tokens=20, min_posts=1, verbose=False)
     assert len(llm.calls) == n                                  # same arguments: no new LLM call, file kept
-    with pytest.raises(TypeError, match="Unknown mine option"):
+    with pytest.raises(ValueError, match="Unknown mine option"):
         M.mine_cli(b, tmp_path / "x.parquet", llm=llm, min_tokenz=3)
 
 
