@@ -471,6 +471,7 @@ def respond_cli(personas_path:str|Path,      # persona file or folder (read by `
         raise ValueError(f"--out must end in .npz (responses are saved as an NPZ artifact); got {out}.")
     if limit is not None and int(limit) < 1: raise ValueError(f"limit must be a positive number of personas; got {limit}.")
     s = settings if isinstance(settings, Settings) else Settings.load(cli=settings or {})
+    instrument = load_instrument(instrument)         # the instrument and the personas are read before the model loads
     df = read_personas(personas_path, text_col=text_column, id_col=id_column, limit=limit, prefix_ids=False)
     llm = load_llm_from_settings(s)
     if mode == "text": options.setdefault("seed", s.seed); options.setdefault("temperature", s.temperature)
