@@ -302,7 +302,8 @@ class LLM:
         todo = sorted(first.values())
         self.stats["cache_hits"] += len(keys) - len(todo)
         with tqdm(total=len(todo), disable=not verbose or not todo, desc=f"{self.backend} {kind}") as bar:
-            s, size = 0, min(self.chunk_size, 8)      # a small first chunk measures the speed
+            pace = getattr(self, "_pace", None)       # (prompts, seconds) of the last call; none yet: a small first call measures it
+            s, size = 0, flush_size(*pace, self.chunk_size, self.flush_seconds) if pace else min(self.chunk_size, 8)
             while s < len(todo):
                 idx = todo[s:s+size]; t0 = time.perf_counter()
                 res = fn(idx)
@@ -311,7 +312,8 @@ class LLM:
                 got.update(new)
                 self.stats["generated" if kind == "gen" else "scored"] += len(idx)
                 bar.update(len(idx)); s += len(idx)
-                size = flush_size(len(idx), time.perf_counter() - t0, self.chunk_size, self.flush_seconds)
+                self._pace = (len(idx), time.perf_counter() - t0)
+                size = flush_size(*self._pace, self.chunk_size, self.flush_seconds)
         return [got[k] for k in keys]
 
     # -- backends implement these
