@@ -153,6 +153,7 @@ class Adapter:
             q = self.head(torch.as_tensor(states, dtype=torch.float32), torch.as_tensor(lp - logZ, dtype=torch.float32), z)
         return np.where(np.isfinite(logZ), q.double().numpy() + logZ, lp)
 
+# %% ../nbs/03a_adapter.ipynb #3e43b3ca
 def read_adapter_meta(path:str|Path)->dict:
     "The checked pra.json of an adapter folder (errors name the file); cheap, loads no weights."
     path = Path(path).expanduser(); cfg = path/CONFIG_FILE
@@ -167,6 +168,7 @@ def read_adapter_meta(path:str|Path)->dict:
         raise ValueError(f"{cfg} is not a popalign adapter file (expected format={ADAPTER_FORMAT!r} and form in {FORMS}).")
     return meta
 
+# %% ../nbs/03a_adapter.ipynb #32d26cb9
 def _check_base(meta:dict, cfg:Path, llm):
     want, have = meta.get("base", {}), base_identity(llm)
     diff = {k: (want.get(k), have[k]) for k in have if want.get(k) != have[k]}
@@ -189,6 +191,7 @@ def _load_head(path:Path, meta:dict)->ResponseHead:
         raise ValueError(f"{f} does not fit the head described in {path/CONFIG_FILE} ({str(e).splitlines()[0]}).") from None
     return head.eval()
 
+# %% ../nbs/03a_adapter.ipynb #401c336b
 def load_adapter(path:str|Path,   # an adapter folder
                  llm=None,        # the TransformersLLM it will run on (checked against the adapter's base model)
                 )->Adapter:

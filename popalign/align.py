@@ -191,6 +191,7 @@ def selection_weights(pool, reference, method:str="is+semi_relaxed", seed:int=0,
         diag["ot"] = {**{k: v for k, v in info.items() if np.isscalar(v)}, "seconds": time.perf_counter() - t}
     return SelectionWeights(w / w.sum(), cand, Xs, Ys, method, space, diag)
 
+# %% ../nbs/12_align.ipynb #8b845e0d
 def draw_selection(sw:SelectionWeights,  # from `selection_weights`
                    n:int,                # how many personas
                    draw:str="assignment", # one of DRAWS (the default of `align`)

@@ -38,6 +38,7 @@ def load_value_tables(path:str|Path|None=None, # YAML file; None: popalign/data/
     d["_path"] = str(path)
     return d
 
+# %% ../nbs/08c_anchors.ipynb #fdf5f01c
 def _options(spec:dict, where:str)->tuple[list, np.ndarray]:
     if "values" in spec: opts = list(spec["values"]); w = np.ones(len(opts))
     elif "weights" in spec: opts = list(spec["weights"]); w = np.array([float(spec["weights"][o]) for o in opts])
@@ -63,6 +64,7 @@ def draw(spec:dict,             # a table: {values: [...]} or {weights: {...}}, 
         return [opts[i] for i in rng.choice(len(opts), size=k, replace=False, p=p)]
     return opts[int(rng.choice(len(opts), p=p))]
 
+# %% ../nbs/08c_anchors.ipynb #256ecb61
 def age_distribution(spec:dict)->tuple[np.ndarray, np.ndarray]:
     "(ages, probabilities) over integer ages of an age table (`range` or `bands`)."
     if "range" in spec:
@@ -95,6 +97,7 @@ def calibrated_table(spec:dict,        # {values} or {weights} table with age-li
         m = m * np.where(marg > 0, target / np.maximum(marg, 1e-300), 1)
     return opts, ages, P
 
+# %% ../nbs/08c_anchors.ipynb #cc85173e
 def _draw_limited(t:dict, name:str, age:int, rng, cache:dict):
     key = (id(t), name)
     if key not in cache: cache[key] = calibrated_table(t[name], t["age"], t.get("age_limits") or {})

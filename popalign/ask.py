@@ -31,6 +31,7 @@ def _generate(llm, prompts:list[str], max_tokens:int, temperature:float, seed:in
         out += [r if isinstance(r, str) else "" for r in res]
     return out
 
+# %% ../nbs/05c_ask.ipynb #ad699a2f
 def ask(llm,                       # object with `generate(prompts, max_tokens, temperature, seed, stop)`
         prompts:list[str],         # rendered prompts
         parse:Callable,            # parse(answer, index) -> value; raises ValueError/TypeError/KeyError when invalid
@@ -61,6 +62,7 @@ def ask(llm,                       # object with `generate(prompts, max_tokens, 
         todo = nxt
     return values, ok, errors
 
+# %% ../nbs/05c_ask.ipynb #c9a6eb33
 def json_object(answer:str)->dict:
     "The first complete JSON object in an answer (code fences and text around it allowed); ValueError if none."
     s = re.sub(r"```(?:json)?", "", answer)
@@ -71,6 +73,7 @@ def json_object(answer:str)->dict:
     if not isinstance(obj, dict): raise ValueError("the JSON value is not an object")
     return obj
 
+# %% ../nbs/05c_ask.ipynb #32bb89b2
 ANSWER_MODES = ("generate", "choice")
 
 def choose(llm,                    # object with `option_logprobs(prompts, options)` (every popalign.llm backend)

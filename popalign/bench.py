@@ -36,6 +36,7 @@ def parse_size(s)->tuple:
 def fmt_size(v:int)->str:
     return f"{v//1_000_000}m" if v % 1_000_000 == 0 else f"{v//1000}k" if v % 1000 == 0 else str(v)
 
+# %% ../nbs/11a_bench.ipynb #cdee51aa
 def peak_mb()->float:
     "Peak resident set size of this process (VmHWM), in MB."
     try:
@@ -58,6 +59,7 @@ def reset_peak()->bool:
         return True
     except OSError: return False
 
+# %% ../nbs/11a_bench.ipynb #b224ee2a
 _CHILD = ("import pickle, sys\n"
           "mod, name, kw = pickle.load(sys.stdin.buffer)\n"
           "import importlib\n"
@@ -181,6 +183,7 @@ def _bench_ot_child(n, m, d, method, max_iter, pot, seed, threads, eps_scale, ta
         out["weight_rel_diff"] = float((torch.from_numpy(w) - qw / qw.sum()).abs().max() / (qw / qw.sum()).max())
     return out
 
+# %% ../nbs/11a_bench.ipynb #48b9e1f6
 def bench_ot(sizes=None,                         # sizes like "5k", "10k", "20kx100k", "160kx1m" (None: BENCH_OT_SIZES)
              methods=("balanced", "semi_relaxed"), # formulations to time
              d:int=50,                           # items (Likert 1–5, latent-factor model)

@@ -46,6 +46,7 @@ def critic_prompt_hash(answer:str="generate")->str:
     if answer == "choice": return text_hash(PROMPTS["critic_score"], json.dumps(CRITIC_DEFINITIONS, sort_keys=True))
     return text_hash(PROMPTS["critic"])
 
+# %% ../nbs/07_critic.ipynb #d5524070
 def _critic_choice(sources:list[str], texts:list[str], llm, verbose:bool):
     "One constrained question per (persona, dimension); personas whose every score has probability 0 somewhere fail."
     prompts = [render("critic_score", source=s, persona=p, dimension=d, definition=CRITIC_DEFINITIONS[d])
@@ -64,6 +65,7 @@ def _critic_choice(sources:list[str], texts:list[str], llm, verbose:bool):
     extra["critic_mass"] = [float(m) for m in mass.mean(axis=1)]
     return vals, oks, errors, extra
 
+# %% ../nbs/07_critic.ipynb #c4fe5b30
 def words(text:str)->int:
     "Word count (whitespace-separated)."
     return len(str(text).split())
@@ -119,6 +121,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
     out["critic_ok"] = [f is None for f in fail]
     return out
 
+# %% ../nbs/07_critic.ipynb #0236f5db
 def critic_report(scored:pd.DataFrame)->dict:
     "Counts of a `critique` result: n, parsed, kept, fraction filtered, failures by rule, mean scores."
     n = len(scored); kept = int(scored["critic_ok"].sum())

@@ -150,6 +150,7 @@ def median_bandwidth(X,              # (n, d) sample
     pos = D[D > 0]
     return float(pos.mean()) if len(pos) else 1.0
 
+# %% ../nbs/03_metrics.ipynb #f323d5db
 def _kernel_sums(A:np.ndarray,  # (n, d) centred
                  B:np.ndarray,  # (m, d) centred
                  CA:np.ndarray, # (n, R) or (n, 1) weights (counts)
@@ -184,6 +185,7 @@ def _kernel_sums(A:np.ndarray,  # (n, d) centred
             tot += 2 * s if (sym and j0 != i0) else s
     return tot
 
+# %% ../nbs/03_metrics.ipynb #1121b437
 def _mmd_counts(A, B, CA, CB, gamma, unbiased=False, block=2048, dtype=np.float64)->np.ndarray:
     "MMD² for count-weighted samples (one column per replicate); counts of X sum to n, of Y to m."
     c = np.vstack([A, B]).mean(0); A, B = A - c, B - c
@@ -331,6 +333,7 @@ def _resample_sorted(Zs:np.ndarray, order:np.ndarray, counts:np.ndarray)->np.nda
     c = counts[order]
     return Zs.ravel()[np.repeat(np.arange(Zs.size), c.ravel())].reshape(Zs.shape)
 
+# %% ../nbs/03_metrics.ipynb #f7bc9d1b
 def bootstrap_ci(X,                 # (n, d) trait scores (personas)
                  Y,                 # (m, d) trait scores (humans)
                  metrics=None,      # subset of METRICS; None: all
@@ -384,6 +387,7 @@ def bootstrap_ci(X,                 # (n, d) trait scores (personas)
     rows = [_interval(k, value[k], boot[k], alpha, method, k != "MMD" or not unbiased_mmd) for k in names]
     return pd.DataFrame(rows, columns=["metric", "value", "bias", "value_bc", "lo", "hi", "method"])
 
+# %% ../nbs/03_metrics.ipynb #19cade35
 CI_METHODS = ("basic", "percentile")
 
 def _interval(k, v, boot, alpha, method, nonneg)->dict:

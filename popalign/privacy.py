@@ -164,6 +164,7 @@ def name_lists()->tuple[frozenset, frozenset]:
     ok = lambda n: isinstance(n, str) and n.isascii() and len(n) >= 2 and n[0].isupper()
     return frozenset(filter(ok, first)) - _NOT_NAME, frozenset(filter(ok, last)) - _NOT_NAME
 
+# %% ../nbs/08_privacy.ipynb #4c447401
 def _name_runs(doc, ents)->list[Span]:
     "Runs of proper nouns that contain a known first/last name and are not places, organizations or dates."
     first, last = name_lists()
@@ -190,6 +191,7 @@ def _name_runs(doc, ents)->list[Span]:
         i = max(j, i + 1)
     return out
 
+# %% ../nbs/08_privacy.ipynb #0923f46c
 def ner_spans(text:str, model:str=DEFAULT_MODEL)->list[Span]:
     "Presidio spans (spaCy PERSON full names, phones, Luhn-checked cards, mod-97-checked IBANs) and name-list runs."
     an = analyzer(model)
@@ -267,6 +269,7 @@ class DeidReport(list):
         return pd.DataFrame([{"text_index": i, **r} for i, rs in enumerate(self) for r in rs],
                             columns=["text_index", "type", "start", "end", "new_start", "new_end", "replacement", "source", "score"])
 
+# %% ../nbs/08_privacy.ipynb #d8330f29
 def parse_yes_no(answer:str, i=None)->bool:
     "True for yes, False for no (first word, case-insensitive); ValueError otherwise."
     m = re.match(r"\W*(yes|no)\b", answer.strip(), re.I)
@@ -285,6 +288,7 @@ def parse_pii_spans(answer:str, i=None)->list[tuple[str, str]]:
         out.append((s["text"].strip(), str(s.get("type", "PERSON")).upper()))
     return out
 
+# %% ../nbs/08_privacy.ipynb #72642480
 DETECT_PREFILL, DETECT_OPTIONS = "Answer:", (" yes", " no")   # answer="choice": the detector's two answers
 
 def _llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills=None, answer="generate"):
@@ -314,6 +318,7 @@ def _llm_spans(texts, llm, retries, seed, batch_size, verbose, prefills=None, an
             res[i] += [Span(h, h + len(s), typ, "llm", 0.8) for h in hits]
     return res, cnt
 
+# %% ../nbs/08_privacy.ipynb #73622193
 def deidentify(texts:Iterable[str],    # texts to clean
                llm=None,               # optional LLM object for the Appendix C detector + span lister
                seed:int=0,             # seed of the fictitious values
@@ -354,9 +359,12 @@ def deidentify(texts:Iterable[str],    # texts to clean
     return cleaned, report
 
 # %% ../nbs/08_privacy.ipynb #9c3c4d92
-def pii_testset()->list[dict]:
-    "Persona paragraphs with planted PII (`pii`: list of (type, exact string)) and negatives (`pii` empty)."
-    P = lambda text, *pii: {"text": text, "pii": list(pii)}
+def _planted(text:str, *pii)->dict:
+    "One test paragraph and its planted PII, as (type, exact string) pairs."
+    return {"text": text, "pii": list(pii)}
+
+def _pii_positives_a()->list[dict]:
+    P = _planted
     return [
     P("The user, Dr. Maria J. Gonzalez, is a 52-year-old pediatrician who lives at 742 Evergreen Terrace, Springfield, IL 62704. She can be reached at maria.gonzalez@gmail.com or (217) 555-0143.",
       ("PERSON", "Dr. Maria J. Gonzalez"), ("STREET_ADDRESS", "742 Evergreen Terrace"), ("POSTCODE", "62704"), ("EMAIL_ADDRESS", "maria.gonzalez@gmail.com"), ("PHONE_NUMBER", "(217) 555-0143")),
@@ -394,6 +402,12 @@ def pii_testset()->list[dict]:
       ("PERSON", "Rajesh Kumar Sharma"), ("PHONE_NUMBER", "098765 43210"), ("EMAIL_ADDRESS", "rajesh.sharma1975@rediffmail.com")),
     P("He mailed the form to P.O. Box 4471, Tucson, AZ 85717 and signed it Michael T. Brennan.",
       ("STREET_ADDRESS", "P.O. Box 4471"), ("POSTCODE", "85717"), ("PERSON", "Michael T. Brennan")),
+    ]
+
+# %% ../nbs/08_privacy.ipynb #7cb28fe6
+def _pii_positives_b()->list[dict]:
+    P = _planted
+    return [
     P("Grace Nakamura-Lee, 41, runs a bakery at 1024 Oak Hill Drive, Austin, TX 78701, and posts new recipes every week.",
       ("PERSON", "Grace Nakamura-Lee"), ("STREET_ADDRESS", "1024 Oak Hill Drive"), ("POSTCODE", "78701")),
     P("Payment details: card no. 5555-5555-5555-4444, expiry 09/27, cardholder Daniel Okafor.",
@@ -430,6 +444,12 @@ def pii_testset()->list[dict]:
       ("CREDIT_CARD", "6011 1111 1111 1117"), ("PERSON", "Peter Van Houten")),
     P("Call the front desk on 020 7946 0958 and ask for Fatima Zahra Benali, the night manager.",
       ("PHONE_NUMBER", "020 7946 0958"), ("PERSON", "Fatima Zahra Benali")),
+    ]
+
+# %% ../nbs/08_privacy.ipynb #1a8a5b53
+def _pii_negatives()->list[dict]:
+    P = _planted
+    return [
     # negative controls: no PII
     P("The user grew up in Jordan and spent May 2019 hiking in Petra before moving to Canada at age 34."),
     P("She is a 45-year-old nurse from Ohio who paid $1,250 for a used car in 2017 and volunteers every Saturday."),
@@ -447,6 +467,11 @@ def pii_testset()->list[dict]:
     P("He supports Manchester United, drives a 2012 Ford Focus and listens to BBC Radio 4 every morning."),
     ]
 
+def pii_testset()->list[dict]:
+    "Persona paragraphs with planted PII (`pii`: list of (type, exact string)) and negatives (`pii` empty)."
+    return _pii_positives_a() + _pii_positives_b() + _pii_negatives()
+
+# %% ../nbs/08_privacy.ipynb #48382fc9
 def evaluate_deid(testset:list[dict], # from `pii_testset` (or the same layout)
                   cleaned:list[str], report:DeidReport, # from `deidentify` on the test texts
                  )->dict:

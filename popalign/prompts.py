@@ -48,7 +48,10 @@ Text:
 Answer with two lines:
 Quality: high, medium or low
 Harmless: yes or no''',
+}
 
+# %% ../nbs/05b_prompts.ipynb #97f91eec
+PROMPTS.update({
 "persona": '''Below are texts written by one person. Write a persona of this person: one paragraph in the third person (for example "The user is ..."), at most 100 words, describing demographic, psychological and behavioural traits ONLY where the texts explicitly support them. Do not invent names, places, numbers or facts.
 Support the persona with evidence: copy 2 to 5 short quotes word for word from the texts.
 If the texts do not support a persona, answer {"persona": null}.
@@ -59,7 +62,10 @@ Texts:
 """
 {text}
 """''',
+})
 
+# %% ../nbs/05b_prompts.ipynb #50d54a80
+PROMPTS.update({
 "critic": '''You are a strict critic of persona summaries. Compare the persona with the source texts it was written from and score it from 1 (worst) to 10 (best) on five dimensions:
 - hallucination: faithfulness to the source; 10 = every claim is supported by the source texts, 1 = mostly invented
 - coverage: how well it captures the author's salient traits
@@ -92,7 +98,19 @@ Persona:
 """
 
 Score the persona on {dimension}, {definition}, from 1 (worst) to 10 (best). Answer in the form N/10.''',
+})
 
+# one critic dimension per question (`answer="choice"` in popalign.critic); the same definitions as in PROMPTS["critic"]
+CRITIC_DEFINITIONS = {
+    "hallucination": "that is faithfulness to the source (10 = every claim is supported by the source texts, 1 = mostly invented)",
+    "coverage": "that is how well it captures the author's salient traits",
+    "conciseness": "that is being well-formed, clear, and within 100 words",
+    "relevance": "that is being free of generic, promotional or irrelevant content",
+    "overall": "that is its overall quality as a persona for social simulation",
+}
+
+# %% ../nbs/05b_prompts.ipynb #edf3fdfe
+PROMPTS.update({
 "pii_detect": '''Does the following persona contain personally identifiable information (PII)? Count as PII only: a person's full name, a street-level home address, an email address, a phone number, or a bank account, IBAN or credit-card number. First names alone, cities, countries, ages, dates, occupations and prices are not PII.
 Answer with one word: yes or no.
 
@@ -109,17 +127,9 @@ Persona:
 """
 {text}
 """''',
-}
+})
 
-# one critic dimension per question (`answer="choice"` in popalign.critic); the same definitions as in PROMPTS["critic"]
-CRITIC_DEFINITIONS = {
-    "hallucination": "that is faithfulness to the source (10 = every claim is supported by the source texts, 1 = mostly invented)",
-    "coverage": "that is how well it captures the author's salient traits",
-    "conciseness": "that is being well-formed, clear, and within 100 words",
-    "relevance": "that is being free of generic, promotional or irrelevant content",
-    "overall": "that is its overall quality as a persona for social simulation",
-}
-
+# %% ../nbs/05b_prompts.ipynb #a5862ed6
 PREFILLS = {"clean": "<clean>", "quality": "<quality>", "quality_choice": "Quality:", "critic_score": "Score: ", "persona": '{"persona":', "critic": '{"hallucination": {"score":',
             "pii_detect": "", "pii_spans": '{"spans": ['}
 

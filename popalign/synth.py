@@ -78,6 +78,7 @@ Profile (JSON):
 Portrait:''',
 }
 
+# %% ../nbs/09_synth.ipynb #6070d025
 def render_prompt(name:str, **fields)->str:
     "Fill a synth prompt template in one pass (unknown placeholders and braces inside the values are left alone)."
     if name not in SYNTH_PROMPTS: raise KeyError(f"No synth prompt named '{name}'; known: {sorted(SYNTH_PROMPTS)}.")
@@ -91,6 +92,7 @@ def _chat(llm, text:str)->str:
     f = getattr(llm, "format_chat", None)
     return f(None, text) if callable(f) else text
 
+# %% ../nbs/09_synth.ipynb #d5d7dc85
 def _as_value(v, where:str)->str:
     if isinstance(v, bool) or v is None: raise ValueError(f"value of '{where}' must be a string; got {v!r}")
     if isinstance(v, (int, float)): return str(v)
@@ -119,6 +121,7 @@ def parse_fill(answer:str,    # the LLM's answer
         out[k] = _as_value(v, k)
     return out
 
+# %% ../nbs/09_synth.ipynb #3783427f
 def parse_anchor(answer:str, key:str, kmin:int|None=None, kmax:int|None=None):
     "The value of one LLM-written anchor: a list of kmin..kmax strings when kmin is given, else one string."
     o = json_object(answer)
@@ -169,8 +172,6 @@ def render_narrative(attributes:dict,             # {anchor name or attribute pa
     return "\n".join(lines)
 
 # %% ../nbs/09_synth.ipynb #a2e11366
-_LIST_ANCHORS = {"personal values": (1, 4), "personal story": (1, 3), "hobbies and interests": (1, 6)}
-
 def anchor_context(anchors:list[dict], # one {anchor: value} dict per persona (the same keys in the same order)
                    embedder,            # object with .encode
                   )->np.ndarray:        # (n, n_anchors, d): one unit vector per anchor
@@ -187,6 +188,75 @@ def anchor_context(anchors:list[dict], # one {anchor: value} dict per persona (t
     nrm = np.linalg.norm(C, axis=1, keepdims=True)
     return (C / np.where(nrm > 0, nrm, 1)).reshape(len(anchors), m, -1)
 
+# %% ../nbs/09_synth.ipynb #cc83d719
+def _check_depth(tax, llm, n_attributes, strata)->tuple[int, np.ndarray]:
+    "(k taxonomy attributes per persona, bool mask of the leaves that can be chosen); ValueError when k does not fit."
+    k = int(n_attributes) - len(ANCHORS)
+    if k < 0: raise ValueError(f"n_attributes must be at least {len(ANCHORS)} (the anchors {ANCHORS}); got {n_attributes}.")
+    check_strata(strata)
+    ok_leaf = np.array([p[-1].casefold() not in ANCHORS and (llm is not None or len(tax.values(i)) > 0) for i, p in enumerate(tax.leaves)])
+    if k > ok_leaf.sum():
+        why = "" if llm is not None else " that have example values (needed without an LLM)"
+        raise ValueError(f"n_attributes={n_attributes} needs {k} taxonomy attributes but the taxonomy has only {int(ok_leaf.sum())}{why}; "
+                         f"lower n_attributes to at most {int(ok_leaf.sum()) + len(ANCHORS)} or use a larger taxonomy.")
+    return k, ok_leaf
+
+# %% ../nbs/09_synth.ipynb #09350776
+_LIST_ANCHORS = {"personal values": (1, 4), "personal story": (1, 3), "hobbies and interests": (1, 6)}
+
+def _write_anchors(llm, anchors:list[dict], retries, seed, temperature, batch_size, verbose)->np.ndarray:
+    "Replace the table draws of the LLM-written anchors in `anchors` (in place); the failures per persona."
+    n = len(anchors)
+    anchor_fail = np.zeros(n, int)
+    demo = [{kk: a[kk] for kk in ANCHORS[:4]} for a in anchors]
+    for key in ANCHORS[4:]:
+        lim = _LIST_ANCHORS.get(key)
+        prompts = [_chat(llm, render_prompt(key, profile=json.dumps(d, ensure_ascii=False))) for d in demo]
+        vals, ok, _ = ask(llm, prompts, lambda ans, i, key=key, lim=lim: parse_anchor(ans, key, *(lim or (None, None))),
+                          max_tokens=200, retries=retries, seed=seed, temperature=temperature, batch_size=batch_size,
+                          verbose=verbose, desc=key)
+        for i in range(n):
+            if ok[i]: anchors[i][key] = vals[i]
+            else: anchor_fail[i] += 1
+            demo[i][key] = anchors[i][key]
+    return anchor_fail
+
+# %% ../nbs/09_synth.ipynb #f8575381
+def _fill_values(llm, attrs:list[dict], chosen, table_vals, paths, k, fill_batch, retries, seed, temperature, batch_size,
+                 verbose)->np.ndarray:
+    "Add the chosen attributes' values to `attrs` (in place); the failed attributes per persona."
+    n = len(attrs)
+    fill_fail = np.zeros(n, int)
+    if llm is None:
+        for i in range(n): attrs[i].update({paths[j]: v for j, v in zip(chosen[i], table_vals[i])})
+    else:
+        for s in range(0, k, fill_batch):
+            keys = [[paths[j] for j in chosen[i][s:s + fill_batch]] for i in range(n)]
+            prompts = [_chat(llm, render_prompt("fill", profile=json.dumps(attrs[i], ensure_ascii=False),
+                                                attributes="\n".join(f"- {kk}" for kk in keys[i]))) for i in range(n)]
+            vals, ok, _ = ask(llm, prompts, lambda ans, i: parse_fill(ans, keys[i]), max_tokens=40 * fill_batch + 60,
+                              retries=retries, seed=seed, temperature=temperature, batch_size=batch_size,
+                              verbose=verbose, desc=f"fill {s}-{s + fill_batch}")
+            for i in range(n):
+                if ok[i]: attrs[i].update(vals[i])
+                else: fill_fail[i] += len(keys[i])
+    return fill_fail
+
+# %% ../nbs/09_synth.ipynb #128c70c1
+def _narratives(llm, attrs:list[dict], statuses, narrative_words, retries, seed, temperature, batch_size, verbose)->tuple[list, list]:
+    "(narrative texts, their sources 'template' / 'llm')."
+    n = len(attrs)
+    texts, nsrc = [render_narrative(a, statuses) for a in attrs], ["template"] * n
+    if llm is not None:
+        prompts = [_chat(llm, render_prompt("narrative", profile=json.dumps(a, ensure_ascii=False), words=narrative_words)) for a in attrs]
+        vals, ok, _ = ask(llm, prompts, lambda ans, i: parse_narrative(ans, max(20, narrative_words // 5)),
+                          max_tokens=int(narrative_words * 2) + 60, retries=retries, seed=seed, temperature=temperature,
+                          batch_size=batch_size, verbose=verbose, desc="narrative")
+        for i in range(n):
+            if ok[i]: texts[i], nsrc[i] = vals[i], "llm"
+    return texts, nsrc
+
+# %% ../nbs/09_synth.ipynb #eb7fa40d
 def synthesize(n:int,                        # number of personas
                taxonomy=None,                 # Taxonomy, path, dict, or None (the default tree)
                llm=None,                      # object with generate(prompts, max_tokens, temperature, seed, stop); None: tables + template
@@ -209,14 +279,7 @@ def synthesize(n:int,                        # number of personas
     tax = get_taxonomy(taxonomy)
     vt = value_tables if isinstance(value_tables, dict) else load_value_tables(value_tables)
     statuses = vt["shared"]["occupation_statuses"]
-    k = int(n_attributes) - len(ANCHORS)
-    if k < 0: raise ValueError(f"n_attributes must be at least {len(ANCHORS)} (the anchors {ANCHORS}); got {n_attributes}.")
-    check_strata(strata)
-    ok_leaf = np.array([p[-1].casefold() not in ANCHORS and (llm is not None or len(tax.values(i)) > 0) for i, p in enumerate(tax.leaves)])
-    if k > ok_leaf.sum():
-        why = "" if llm is not None else " that have example values (needed without an LLM)"
-        raise ValueError(f"n_attributes={n_attributes} needs {k} taxonomy attributes but the taxonomy has only {int(ok_leaf.sum())}{why}; "
-                         f"lower n_attributes to at most {int(ok_leaf.sum()) + len(ANCHORS)} or use a larger taxonomy.")
+    k, ok_leaf = _check_depth(tax, llm, n_attributes, strata)
     emb = get_embedder(embedder)
     index = TreeIndex(tax)
     leaf_emb = embed(tax.paths, emb)
@@ -224,19 +287,8 @@ def synthesize(n:int,                        # number of personas
     rngs = [check_rng(s) for s in seeds]
     anchors, extras = zip(*[sample_anchors(r, anchor_tables, vt) for r in rngs])
     anchors = [dict(a) for a in anchors]
-    anchor_fail = np.zeros(n, int)
-    if llm is not None:   # paper order: values -> life attitude -> story -> interests, each from the profile so far
-        demo = [{kk: a[kk] for kk in ANCHORS[:4]} for a in anchors]
-        for key in ANCHORS[4:]:
-            lim = _LIST_ANCHORS.get(key)
-            prompts = [_chat(llm, render_prompt(key, profile=json.dumps(d, ensure_ascii=False))) for d in demo]
-            vals, ok, _ = ask(llm, prompts, lambda ans, i, key=key, lim=lim: parse_anchor(ans, key, *(lim or (None, None))),
-                              max_tokens=200, retries=retries, seed=seed, temperature=temperature, batch_size=batch_size,
-                              verbose=verbose, desc=key)
-            for i in range(n):
-                if ok[i]: anchors[i][key] = vals[i]
-                else: anchor_fail[i] += 1
-                demo[i][key] = anchors[i][key]
+    anchor_fail = (_write_anchors(llm, anchors, retries, seed, temperature, batch_size, verbose) if llm is not None
+                   else np.zeros(n, int))
     ctx = anchor_context(anchors, emb)
     chosen, labels = [], []
     for i in tqdm(range(n), disable=not verbose, desc="select"):
@@ -247,28 +299,8 @@ def synthesize(n:int,                        # number of personas
                   for i in range(n)]
     paths = tax.paths
     attrs = [dict(anchors[i]) for i in range(n)]
-    fill_fail = np.zeros(n, int)
-    if llm is None:
-        for i in range(n): attrs[i].update({paths[j]: v for j, v in zip(chosen[i], table_vals[i])})
-    else:
-        for s in range(0, k, fill_batch):
-            keys = [[paths[j] for j in chosen[i][s:s + fill_batch]] for i in range(n)]
-            prompts = [_chat(llm, render_prompt("fill", profile=json.dumps(attrs[i], ensure_ascii=False),
-                                                attributes="\n".join(f"- {kk}" for kk in keys[i]))) for i in range(n)]
-            vals, ok, _ = ask(llm, prompts, lambda ans, i: parse_fill(ans, keys[i]), max_tokens=40 * fill_batch + 60,
-                              retries=retries, seed=seed, temperature=temperature, batch_size=batch_size,
-                              verbose=verbose, desc=f"fill {s}-{s + fill_batch}")
-            for i in range(n):
-                if ok[i]: attrs[i].update(vals[i])
-                else: fill_fail[i] += len(keys[i])
-    texts, nsrc = [render_narrative(a, statuses) for a in attrs], ["template"] * n
-    if llm is not None:
-        prompts = [_chat(llm, render_prompt("narrative", profile=json.dumps(a, ensure_ascii=False), words=narrative_words)) for a in attrs]
-        vals, ok, _ = ask(llm, prompts, lambda ans, i: parse_narrative(ans, max(20, narrative_words // 5)),
-                          max_tokens=int(narrative_words * 2) + 60, retries=retries, seed=seed, temperature=temperature,
-                          batch_size=batch_size, verbose=verbose, desc="narrative")
-        for i in range(n):
-            if ok[i]: texts[i], nsrc[i] = vals[i], "llm"
+    fill_fail = _fill_values(llm, attrs, chosen, table_vals, paths, k, fill_batch, retries, seed, temperature, batch_size, verbose)
+    texts, nsrc = _narratives(llm, attrs, statuses, narrative_words, retries, seed, temperature, batch_size, verbose)
     rows = []
     for i in range(n):
         a = attrs[i]
@@ -304,6 +336,7 @@ def _parse_taxonomy_answer(answer:str)->list[dict]:
         out.append(d)
     return out
 
+# %% ../nbs/09_synth.ipynb #1f986769
 def merge_names(names:list[str],          # sibling names, in order of first appearance
                 counts:dict|None,         # {name: frequency}; the most frequent name of a group represents it
                 embedder,                 # object with .encode
@@ -327,6 +360,7 @@ def merge_names(names:list[str],          # sibling names, in order of first app
         reps.append(r); rep_of[nm] = nm
     return rep_of
 
+# %% ../nbs/09_synth.ipynb #1183717e
 def merge_paths(paths:list[tuple],   # attribute paths (tuples of names), duplicates allowed
                 values:list[list],   # example values of each path
                 embedder, threshold:float=0.7,
@@ -365,6 +399,7 @@ def merge_paths(paths:list[tuple],   # attribute paths (tuples of names), duplic
         node[p[-1]] = keep[:max_values]
     return tree, aliases, merged
 
+# %% ../nbs/09_synth.ipynb #fdcd555e
 def build_taxonomy(questions:Sequence[str],  # self-disclosing questions (what people ask an assistant)
                    llm,                      # object with generate(prompts, max_tokens, temperature, seed, stop)
                    embedder=None,            # object with .encode; None: all-MiniLM-L6-v2

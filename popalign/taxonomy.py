@@ -107,6 +107,7 @@ class Taxonomy:
     def __len__(self): return len(self.leaves)
     def __repr__(self): return f"Taxonomy({self.name!r}: {len(self.domains)} domains, {len(self)} attributes, hash {self.hash})"
 
+# %% ../nbs/08b_taxonomy.ipynb #f941cc75
 def load_taxonomy(path:str|Path|None=None, # YAML/JSON file; None: the shipped default popalign/data/synth/taxonomy.yaml
                  )->Taxonomy:
     "Read a taxonomy file (a `tree` mapping plus optional name/source/aliases, or a bare tree)."
@@ -158,6 +159,7 @@ class HashEmbedder:
         return X / np.where(nrm > 0, nrm, 1)
     def __repr__(self): return f"HashEmbedder(dim={self.dim})"
 
+# %% ../nbs/08b_taxonomy.ipynb #0bcc90bf
 _EMBEDDERS = {}
 
 def load_embedder(model:str|Path|None=None, # None or "minilm": the embedded all-MiniLM-L6-v2; "hash": HashEmbedder; else a local sentence-transformers dir
@@ -182,6 +184,7 @@ def load_embedder(model:str|Path|None=None, # None or "minilm": the embedded all
     _EMBEDDERS[key] = m
     return m
 
+# %% ../nbs/08b_taxonomy.ipynb #be644d63
 def get_embedder(embedder):
     if embedder is None or isinstance(embedder, (str, Path)): return load_embedder(embedder)
     if not hasattr(embedder, "encode"):
@@ -198,6 +201,7 @@ def describe_embedder(embedder)->str:
     if name: return str(name)
     return repr(embedder) if isinstance(embedder, HashEmbedder) else type(embedder).__name__
 
+# %% ../nbs/08b_taxonomy.ipynb #84939d83
 def embed(texts:Sequence[str], # texts to embed
           embedder,            # object with .encode(list[str]) (or None / "hash" / "minilm")
           batch_size:int=256,  # texts per encode call
@@ -249,6 +253,7 @@ class TreeIndex:
         self.domain = np.array([dom[n[0]] if n else -1 for n in nodes])
         self.n_domains = len(dom)
 
+# %% ../nbs/08b_taxonomy.ipynb #6ee9f11e
 def check_strata(strata)->np.ndarray:
     try: q = np.asarray(strata, dtype=float)
     except (TypeError, ValueError): q = None
@@ -258,6 +263,7 @@ def check_strata(strata)->np.ndarray:
 
 STRATA = ("near", "middle", "far")
 
+# %% ../nbs/08b_taxonomy.ipynb #8d648bf6
 def select_attributes(context:np.ndarray,     # (m, d) unit embeddings of the anchors (the profile before any taxonomy attribute)
                       leaf_emb:np.ndarray,    # (L, d) unit embeddings of the taxonomy leaves
                       index:TreeIndex,        # from `TreeIndex(taxonomy)`

@@ -104,6 +104,7 @@ def safe_sums(S:torch.Tensor)->torch.Tensor:
     "Sums that are safe to take the log of: finite and far above the clamped floor (count × e^floor)."
     return torch.isfinite(S) & (S > 1e-20) & (S < 1e30)
 
+# %% ../nbs/09b_tiled.ipynb #631f3c91
 def expsum_rows(A:torch.Tensor, B:torch.Tensor, rows:int, cols:int, pbar=None)->torch.Tensor:
     "Σ_j exp(A_i·B_j) for every row i, tiled (rows × cols), accumulated in float64; row blocks run on the workers."
     n, m = len(A), len(B); lo = exp_floor(A.dtype)
@@ -134,6 +135,7 @@ def maxdot_rows(A:torch.Tensor, B:torch.Tensor, rows:int, cols:int)->torch.Tenso
     pmap(job, range(0, n, rows))
     return out
 
+# %% ../nbs/09b_tiled.ipynb #c675c444
 SHIFT_SUBSAMPLE = 2048   # subsample size for the shift estimate
 
 def lse_rows(A:torch.Tensor, B:torch.Tensor, k:int, rows:int, cols:int, rng, pbar=None)->tuple:
@@ -153,6 +155,7 @@ def lse_rows(A:torch.Tensor, B:torch.Tensor, k:int, rows:int, cols:int, rng, pba
         S[idx] = expsum_rows(A3, B, rows, cols); s[idx] = sb
     return torch.log(S) - s.to(torch.float64), nb
 
+# %% ../nbs/09b_tiled.ipynb #9d009138
 def augment(Z:torch.Tensor, c:torch.Tensor, inv:float, side:str, chunk:int=131072)->torch.Tensor:
     "Augmented rows so that a·b = −inv·‖x−y‖²: side 'x' → [2·inv·(x−c), −inv‖x−c‖², 1], side 'y' → [y−c, 1, −inv‖y−c‖²]."
     n, d = Z.shape

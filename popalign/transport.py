@@ -8,6 +8,7 @@ import math, threading, time, warnings
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import check_rng, ConvergenceWarning, renamed_arg
@@ -108,33 +109,39 @@ class _Dense:
         bad = (~safe_sums(S)).nonzero().squeeze(1)
         if len(bad): M[bad] = self._exact_cols(bad, fb)
         return M, len(bad)
-    def _exact_rows(self, idx, gb):
-        "Max-shifted log-sum-exp of the rows `idx`, tiled in the workers' buffers (no large temporaries)."
-        K = self.K; n, m = K.shape; g = gb.to(K.dtype); rb = self.rb
-        out = torch.empty(len(idx), dtype=torch.float64, device=K.device)
-        def job(k):
-            r = idx[k:k+rb]
-            t = thread_buffer("tile", len(r) * m, K.dtype, K.device).view(-1, m)
-            torch.index_select(K, 0, r, out=t); t.add_(g)
-            mx = t.amax(1, keepdim=True); t.sub_(mx).clamp_min_(self.lo).exp_()
-            out[k:k+len(r)] = torch.log(t.sum(1, dtype=torch.float64)) + mx.squeeze(1).double()
-        pmap(job, range(0, len(idx), rb))
-        return out
-    def _exact_cols(self, idx, fb):
-        "Max-shifted log-sum-exp of the columns `idx`: two tiled passes for all columns, a gather for a few."
-        K = self.K; n, m = K.shape; f = fb.to(K.dtype); rb = self.rb
-        if len(idx) < m // 8:
-            ch = max(1, (1 << 20) // n)
-            return torch.cat([torch.logsumexp(K[:, idx[k:k+ch]].double() + fb[:, None], 0) for k in range(0, len(idx), ch)])
-        def tile(i):
-            t = thread_buffer("tile", min(rb, n - i) * m, K.dtype, K.device).view(-1, m)
-            torch.add(K[i:i+rb], f[i:i+rb, None], out=t); return t
-        mx = torch.stack(pmap(lambda i: tile(i).amax(0), range(0, n, rb))).amax(0)
-        def job(i):
-            t = tile(i); t.sub_(mx).clamp_min_(self.lo).exp_(); return t.sum(0, dtype=torch.float64)
-        S = torch.stack(pmap(job, range(0, n, rb))).sum(0)
-        return (torch.log(S) + mx.double())[idx]
 
+# %% ../nbs/11_transport.ipynb #fb1d5c6d
+@patch
+def _exact_rows(self:_Dense, idx, gb):
+    "Max-shifted log-sum-exp of the rows `idx`, tiled in the workers' buffers (no large temporaries)."
+    K = self.K; n, m = K.shape; g = gb.to(K.dtype); rb = self.rb
+    out = torch.empty(len(idx), dtype=torch.float64, device=K.device)
+    def job(k):
+        r = idx[k:k+rb]
+        t = thread_buffer("tile", len(r) * m, K.dtype, K.device).view(-1, m)
+        torch.index_select(K, 0, r, out=t); t.add_(g)
+        mx = t.amax(1, keepdim=True); t.sub_(mx).clamp_min_(self.lo).exp_()
+        out[k:k+len(r)] = torch.log(t.sum(1, dtype=torch.float64)) + mx.squeeze(1).double()
+    pmap(job, range(0, len(idx), rb))
+    return out
+
+@patch
+def _exact_cols(self:_Dense, idx, fb):
+    "Max-shifted log-sum-exp of the columns `idx`: two tiled passes for all columns, a gather for a few."
+    K = self.K; n, m = K.shape; f = fb.to(K.dtype); rb = self.rb
+    if len(idx) < m // 8:
+        ch = max(1, (1 << 20) // n)
+        return torch.cat([torch.logsumexp(K[:, idx[k:k+ch]].double() + fb[:, None], 0) for k in range(0, len(idx), ch)])
+    def tile(i):
+        t = thread_buffer("tile", min(rb, n - i) * m, K.dtype, K.device).view(-1, m)
+        torch.add(K[i:i+rb], f[i:i+rb, None], out=t); return t
+    mx = torch.stack(pmap(lambda i: tile(i).amax(0), range(0, n, rb))).amax(0)
+    def job(i):
+        t = tile(i); t.sub_(mx).clamp_min_(self.lo).exp_(); return t.sum(0, dtype=torch.float64)
+    S = torch.stack(pmap(job, range(0, n, rb))).sum(0)
+    return (torch.log(S) + mx.double())[idx]
+
+# %% ../nbs/11_transport.ipynb #43cea9f8
 class _Stream:
     "K = −C/ε recomputed per tile by GEMM from augmented vectors; O((n + m) d) memory."
     mode = "stream"
@@ -236,6 +243,7 @@ def _check_args(method, eps_scale, tau, max_iter, tol):
     if not tol >= 0: raise ValueError(f"tol must be a non-negative number; got {tol!r}.")
     return eps_scale, tau, tol
 
+# %% ../nbs/11_transport.ipynb #24855864
 def _solve(Xt, Yt, method, eps, tau_abs, max_iter, tol, dt, blk, dense_mb, rng, verbose, a=None, b=None, psi0=None):
     "One problem (no batching). → (weights float64 numpy, info)"
     n, m = len(Xt), len(Yt)
@@ -271,6 +279,7 @@ def _solve_all(Xt, Yt, n, m, k, method, eps, tau_abs, max_iter, tol, dt, blk, de
                 pair_evals=sum(i["pair_evals"] for i in infos), batch_errors=[i["marginal_error"] for i in infos])
     return w, info, k
 
+# %% ../nbs/11_transport.ipynb #facd5e75
 def _warm_start(init, m, method, k, eps, dev):
     "ψ₀ = g / ε from an earlier run's human potential g (cost units), or None."
     if init is None: return None
@@ -281,6 +290,7 @@ def _warm_start(init, m, method, k, eps, dev):
         raise ValueError(f"init must be the human potential g of shape ({m},) (info['g'] of an earlier run); got shape {g.shape}.")
     return torch.as_tensor(g / eps, device=dev)
 
+# %% ../nbs/11_transport.ipynb #4468dfd1
 def persona_weights(X:np.ndarray,            # (n, d) persona (pool) response vectors
                     Y:np.ndarray,            # (m, d) human response vectors, same items
                     method:str="semi_relaxed", # "semi_relaxed" | "balanced" (paper) | "unbalanced"

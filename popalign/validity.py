@@ -120,6 +120,7 @@ def _boot_mean(x:np.ndarray, reps:int, alpha:float, rng)->tuple:
     m = x[rng.integers(0, len(x), size=(int(reps), len(x)))].mean(1)
     return tuple(float(v) for v in np.quantile(m, [alpha / 2, 1 - alpha / 2]))
 
+# %% ../nbs/05a_validity.ipynb #9d58d654
 @dataclass
 class Sensitivity:
     "Persona-sensitivity results: the per-trait table and the per-pair, per-item and cross-trait detail."
@@ -130,6 +131,33 @@ class Sensitivity:
     meta: dict = field(default_factory=dict)
     def __repr__(self): return f"Sensitivity({self.meta.get('model')!r}, items={self.meta.get('items')!r})\n{self.table.round(3).to_string()}"
 
+# %% ../nbs/05a_validity.ipynb #0b132c8a
+def _subsample_pairs(P:pd.DataFrame, n_per_trait:int, rng)->pd.DataFrame:
+    "At most `n_per_trait` pairs per trait, drawn with `rng`, kept in their original order."
+    keep = []
+    for t in P.trait.unique():
+        idx = np.flatnonzero(P.trait.to_numpy() == t)
+        keep += list(idx if len(idx) <= n_per_trait else np.sort(rng.choice(idx, int(n_per_trait), replace=False)))
+    return P.iloc[sorted(keep)].reset_index(drop=True)
+
+def _trait_table(per_pair:pd.DataFrame, per_item:pd.DataFrame, traits:list, reps:int, alpha:float, tie_tol:float, rng)->pd.DataFrame:
+    "One row per trait (and 'all'): answer directions, separation and their bootstrap intervals over pairs."
+    rows = []
+    for t in traits + ["all"]:
+        pr = per_pair if t == "all" else per_pair[per_pair.trait == t]
+        it = per_item if t == "all" else per_item[per_item.trait == t]
+        keyed = (it.direction == "keyed").groupby(it.id).mean().reindex(pr.id).to_numpy()   # per pair, for the bootstrap
+        sep = pr.separation.to_numpy()
+        ci_k, ci_s = _boot_mean(keyed, reps, alpha, rng), _boot_mean(sep, reps, alpha, rng)
+        rows.append(dict(trait=t, n_pairs=len(pr), n_answers=len(it),
+                         frac_keyed=(it.direction == "keyed").mean(), frac_keyed_lo=ci_k[0], frac_keyed_hi=ci_k[1],
+                         frac_against=(it.direction == "against").mean(), frac_tie=(it.direction == "tie").mean(),
+                         separation=np.nanmean(sep), sep_lo=ci_s[0], sep_hi=ci_s[1],
+                         frac_ordered=float(np.mean(sep > tie_tol)), frac_pairs_tied=float(np.mean(np.abs(sep) <= tie_tol)),
+                         valid_mass=pr.valid_mass.mean()))
+    return pd.DataFrame(rows).set_index("trait")
+
+# %% ../nbs/05a_validity.ipynb #506f255d
 def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for load_llm; None: the embedded default)
                         instrument:Instrument|str="ipip50", # the questionnaire; pair traits must be its traits
                         pairs=None,                # None: the shipped pairs; a path, a DataFrame or a list of dicts
@@ -153,12 +181,7 @@ def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for lo
     bad = sorted(set(P.trait) - set(ins.traits))
     if bad: raise ValueError(f"Pairs for trait(s) {bad} cannot be scored with {ins.name}, whose traits are {ins.traits}.")
     rng = check_rng(np.random.SeedSequence([seed, 0]))
-    if n_per_trait is not None:
-        keep = []
-        for t in P.trait.unique():
-            idx = np.flatnonzero(P.trait.to_numpy() == t)
-            keep += list(idx if len(idx) <= n_per_trait else np.sort(rng.choice(idx, int(n_per_trait), replace=False)))
-        P = P.iloc[sorted(keep)].reset_index(drop=True)
+    if n_per_trait is not None: P = _subsample_pairs(P, n_per_trait, rng)
     traits = [t for t in ins.traits if t in set(P.trait)]
     sign = {it.id: it.sign for it in ins.items}
     pp, pi, cross = [], [], pd.DataFrame(np.nan, index=pd.Index(traits, name="pair trait"), columns=ins.traits)
@@ -184,22 +207,10 @@ def persona_sensitivity(llm:LLM|str|None,          # a backend (or a name for lo
         sub = per_pair[per_pair.trait == t]
         for u in ins.traits: cross.loc[t, u] = sub[f"sep_{u}"].mean() if sub[f"sep_{u}"].notna().any() else np.nan
     per_pair = per_pair.drop(columns=[f"sep_{u}" for u in ins.traits])
-    rows = []
-    for t in traits + ["all"]:
-        pr = per_pair if t == "all" else per_pair[per_pair.trait == t]
-        it = per_item if t == "all" else per_item[per_item.trait == t]
-        keyed = (it.direction == "keyed").groupby(it.id).mean().reindex(pr.id).to_numpy()   # per pair, for the bootstrap
-        sep = pr.separation.to_numpy()
-        ci_k, ci_s = _boot_mean(keyed, reps, alpha, rng), _boot_mean(sep, reps, alpha, rng)
-        rows.append(dict(trait=t, n_pairs=len(pr), n_answers=len(it),
-                         frac_keyed=(it.direction == "keyed").mean(), frac_keyed_lo=ci_k[0], frac_keyed_hi=ci_k[1],
-                         frac_against=(it.direction == "against").mean(), frac_tie=(it.direction == "tie").mean(),
-                         separation=np.nanmean(sep), sep_lo=ci_s[0], sep_hi=ci_s[1],
-                         frac_ordered=float(np.mean(sep > tie_tol)), frac_pairs_tied=float(np.mean(np.abs(sep) <= tie_tol)),
-                         valid_mass=pr.valid_mass.mean()))
+    table = _trait_table(per_pair, per_item, traits, reps, alpha, tie_tol, rng)
     meta = provenance(model=llm.model_id, backend=llm.backend, instrument=ins.name, items=items, view=view, seed=seed,
                       n_per_trait=n_per_trait, reps=reps, alpha=alpha, tie_tol=tie_tol)
-    return Sensitivity(pd.DataFrame(rows).set_index("trait"), per_pair, per_item, cross, meta)
+    return Sensitivity(table, per_pair, per_item, cross, meta)
 
 # %% ../nbs/05a_validity.ipynb #28b92ee9
 SENTANCES1_TRAITS = {"EX": ("E", 1), "NR": ("N", -1), "OP": ("O", 1), "AG": ("A", 1), "CN": ("C", 1)}

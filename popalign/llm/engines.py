@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..core import require
 from .base import LLM
@@ -33,6 +34,7 @@ def vllm_lora(adapter)->dict|None:
                          "Use the transformers backend for it, or train a LoRA (`popalign pra train --form lora`).")
     return dict(path=path, hash=adapter_hash(path), rank=int(meta.get("config", {}).get("lora_r", 8)))
 
+# %% ../../nbs/04c_llm_engines.ipynb #c08f00cb
 class VLLMLLM(TokenizerMixin, LLM):
     "vLLM offline engine (GPU) with automatic prefix caching and tensor parallelism."
     backend = "vllm"
@@ -77,31 +79,34 @@ class VLLMLLM(TokenizerMixin, LLM):
         from vllm.inputs import TokensPrompt
         return TokensPrompt(prompt_token_ids=list(ids))
 
-    def _option_logprobs(self, prompts, options):
-        SP = self._vllm.SamplingParams
-        reqs = self._requests(prompts, options)
-        out = np.full((len(reqs), len(options)), np.nan)
-        if any(len(o) == 1 for _, opts in reqs for o in opts):
-            res = self.engine.generate([self._tp(c) for c, _ in reqs],
-                                       SP(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs), use_tqdm=False, lora_request=self._lora_req)
-            for i, r in enumerate(res):
-                d = r.outputs[0].logprobs[0]
-                for j, o in enumerate(reqs[i][1]):
-                    if len(o) == 1 and o[0] in d: out[i, j] = d[o[0]].logprob
-        todo = [(i, j) for i in range(len(reqs)) for j in range(len(options)) if np.isnan(out[i, j])]
-        if todo:   # exact: prompt_logprobs of prompt + option
-            res = self.engine.generate([self._tp(reqs[i][0] + reqs[i][1][j]) for i, j in todo],
-                                       SP(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False, lora_request=self._lora_req)
-            for (i, j), r in zip(todo, res):
-                c, o = reqs[i][0], reqs[i][1][j]
-                out[i, j] = sum(r.prompt_logprobs[len(c) + k][o[k]].logprob for k in range(len(o)))
-        return out
+# %% ../../nbs/04c_llm_engines.ipynb #64332aa2
+@patch
+def _option_logprobs(self:VLLMLLM, prompts, options):
+    SP = self._vllm.SamplingParams
+    reqs = self._requests(prompts, options)
+    out = np.full((len(reqs), len(options)), np.nan)
+    if any(len(o) == 1 for _, opts in reqs for o in opts):
+        res = self.engine.generate([self._tp(c) for c, _ in reqs],
+                                   SP(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs), use_tqdm=False, lora_request=self._lora_req)
+        for i, r in enumerate(res):
+            d = r.outputs[0].logprobs[0]
+            for j, o in enumerate(reqs[i][1]):
+                if len(o) == 1 and o[0] in d: out[i, j] = d[o[0]].logprob
+    todo = [(i, j) for i in range(len(reqs)) for j in range(len(options)) if np.isnan(out[i, j])]
+    if todo:   # exact: prompt_logprobs of prompt + option
+        res = self.engine.generate([self._tp(reqs[i][0] + reqs[i][1][j]) for i, j in todo],
+                                   SP(max_tokens=1, temperature=0.0, prompt_logprobs=0), use_tqdm=False, lora_request=self._lora_req)
+        for (i, j), r in zip(todo, res):
+            c, o = reqs[i][0], reqs[i][1][j]
+            out[i, j] = sum(r.prompt_logprobs[len(c) + k][o[k]].logprob for k in range(len(o)))
+    return out
 
-    def _generate(self, prompts, max_tokens, temperature, seeds, stop):
-        SP = self._vllm.SamplingParams
-        params = [SP(max_tokens=max_tokens, temperature=temperature, seed=s, stop=stop or None) for s in seeds]
-        res = self.engine.generate([self._tp(self.encode(p)) for p in prompts], params, use_tqdm=False, lora_request=self._lora_req)
-        return [r.outputs[0].text for r in res]
+@patch
+def _generate(self:VLLMLLM, prompts, max_tokens, temperature, seeds, stop):
+    SP = self._vllm.SamplingParams
+    params = [SP(max_tokens=max_tokens, temperature=temperature, seed=s, stop=stop or None) for s in seeds]
+    res = self.engine.generate([self._tp(self.encode(p)) for p in prompts], params, use_tqdm=False, lora_request=self._lora_req)
+    return [r.outputs[0].text for r in res]
 
 # %% ../../nbs/04c_llm_engines.ipynb #ae0827e4
 class LlamaCppLLM(LLM):

@@ -62,6 +62,7 @@ def converted_dir(gguf:Path)->Path:
     cands = [cache_dir()/"models"/name, Path(REPO_ROOT)/".cache"/"popalign"/"models"/name]
     return next((c for c in cands if (c/CONVERTED_MARK).exists()), cands[0])
 
+# %% ../../nbs/04a_llm_hf.ipynb #153a47c4
 def load_gguf(gguf:Path, convert_cache:bool, verbose:bool):
     "Tokenizer and float32 model from a GGUF file, through a cached safetensors copy."
     tf, torch = _transformers(), _torch()
@@ -93,6 +94,7 @@ def load_gguf(gguf:Path, convert_cache:bool, verbose:bool):
             warnings.warn(f"Could not write a safetensors copy of {gguf.name} to {conv} ({e}); loading will stay slow.")
     return tok, model, gguf
 
+# %% ../../nbs/04a_llm_hf.ipynb #087a5575
 def load_hf_model(model:str|Path|None=None, # local dir, .gguf file, or Hub id in the local HF cache; None: embedded
                   convert_cache:bool=True,  # keep a safetensors copy of GGUF models under cache_dir()
                   verbose:bool=False,
@@ -308,6 +310,7 @@ def _base_logprobs(self:TransformersLLM, prompts, options):
                 (self._score_packed if method == "packed" else self._score_prefix)(g, reqs, Lp, out)
     return out
 
+# %% ../../nbs/04a_llm_hf.ipynb #a7c4a847
 @patch
 def _rows(self:TransformersLLM, idx, reqs, Lp)->list:
     "Padded-batch rows after a shared prefix of length Lp: (tokens, [(pos, target, req, opt)])."
@@ -344,6 +347,7 @@ def _score_rows(self:TransformersLLM, idx, reqs, Lp, past, out):
         vals = self._gather(ids, keep, pos_ids, None, pkv, flat_keep_pos, targets, n_real=sum(len(t) for t, _ in chunk))
         self._add(out, dest, vals)
 
+# %% ../../nbs/04a_llm_hf.ipynb #9cc3b42d
 @patch
 def _add(self:TransformersLLM, out, dest, vals):
     "Add gathered log-probs into out[r, j]; keep the answer-position states of first-token targets when asked."

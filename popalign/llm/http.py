@@ -8,6 +8,7 @@ import json, os, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
+from fastcore.basics import patch
 
 from ..core import text_hash, require
 from .base import LLM, render_chat
@@ -59,6 +60,7 @@ def _match_options(top:dict, options:list)->list:
         out.append(float(np.logaddexp.reduce(m)) if m else -np.inf)
     return out
 
+# %% ../../nbs/04b_llm_http.ipynb #a9150973
 class OpenAILLM(LLM):
     "Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, `serve`) through the `openai` client."
     backend = "openai"
@@ -107,79 +109,87 @@ class OpenAILLM(LLM):
             extra = dict(continue_final_message=True, add_generation_prompt=False)
         return msgs, extra
 
-    def _generate(self, prompts, max_tokens, temperature, seeds, stop):
-        out = [None] * len(prompts)
-        kw = dict(model=self.model, max_tokens=max_tokens, temperature=temperature, stop=stop or None)
-        plain = [i for i, p in enumerate(prompts) if _parse_chat_prompt(p) is None]
-        for i, p in enumerate(prompts):
-            c = _parse_chat_prompt(p)
-            if c is None: continue
-            msgs, extra = self._messages(c)
-            r = self._call(self.client.chat.completions.create, messages=msgs, seed=seeds[i], extra_body=extra or None, **kw)
-            out[i] = r.choices[0].message.content or ""
-        step = self.batch_size if temperature == 0 else 1    # sampled prompts each carry their own seed
-        for s in range(0, len(plain), step):
-            idx = plain[s:s + step]
-            r = self._call(self.client.completions.create, prompt=[prompts[i] for i in idx], seed=seeds[idx[0]], **kw)
-            for ch in r.choices: out[idx[ch.index]] = ch.text
-        return out
-
-    def _option_logprobs(self, prompts, options):
-        out = np.full((len(prompts), len(options)), -np.inf)
-        chat = [i for i, p in enumerate(prompts) if _parse_chat_prompt(p) is not None]
-        plain = sorted(set(range(len(prompts))) - set(chat))
-        for i in chat: out[i] = self._chat_top(_parse_chat_prompt(prompts[i]), options)
-        if plain and self.scoring == "echo":
-            try: out[plain] = self._echo([prompts[i] for i in plain], options)
-            except _EchoUnsupported as e:
-                warnings.warn(f"{self.base_url} returned no prompt log-probs for echo=True ({e}); using the top "
-                              f"{self.top_logprobs} next-token log-probs instead (options outside them get -inf).")
-                self.scoring = "top"
-        if plain and self.scoring == "top": out[plain] = self._top([prompts[i] for i in plain], options)
-        return out
-
-    def _echo(self, prompts, options)->np.ndarray:
-        pairs = [(p, o) for p in prompts for o in options]
-        vals = []
-        for s in range(0, len(pairs), self.batch_size):
-            chunk = pairs[s:s + self.batch_size]
-            r = self._call(self.client.completions.create, model=self.model, prompt=[p + o for p, o in chunk],
-                           max_tokens=1, temperature=0.0, echo=True, logprobs=1)
-            res = [None] * len(chunk)
-            for ch in r.choices: res[ch.index] = ch
-            for (p, o), ch in zip(chunk, res):
-                lp = ch.logprobs
-                if lp is None or not lp.token_logprobs or lp.text_offset is None or len(lp.token_logprobs) < 2:
-                    raise _EchoUnsupported("no logprobs in the response")
-                a, b = len(p), len(p) + len(o)
-                ks = [k for k, off in enumerate(lp.text_offset) if a <= off < b]
-                if not ks or (ks[0] > 0 and lp.text_offset[ks[0] - 1] + len(lp.tokens[ks[0] - 1]) > a):
-                    raise ValueError(f"The server's tokens straddle the end of the prompt and option {o!r} (the last prompt "
-                                     "token merges with the option), so the option's log-prob is not defined by echo; "
-                                     "end the prompt with a separator (e.g. a space) or use scoring='top'.")
-                if any(lp.token_logprobs[k] is None for k in ks): raise _EchoUnsupported("missing prompt token log-probs")
-                vals.append(float(sum(lp.token_logprobs[k] for k in ks)))
-        return np.array(vals).reshape(len(prompts), len(options))
-
-    def _top(self, prompts, options)->np.ndarray:
-        rows = []
-        for p in prompts:
-            r = self._call(self.client.completions.create, model=self.model, prompt=p, max_tokens=1, temperature=0.0,
-                           logprobs=self.top_logprobs)
-            top = (r.choices[0].logprobs.top_logprobs or [{}])[0] if r.choices[0].logprobs else {}
-            rows.append(_match_options(dict(top or {}), options))
-        return np.array(rows)
-
-    def _chat_top(self, c:dict, options)->list:
+# %% ../../nbs/04b_llm_http.ipynb #94ad00fa
+@patch
+def _generate(self:OpenAILLM, prompts, max_tokens, temperature, seeds, stop):
+    out = [None] * len(prompts)
+    kw = dict(model=self.model, max_tokens=max_tokens, temperature=temperature, stop=stop or None)
+    plain = [i for i, p in enumerate(prompts) if _parse_chat_prompt(p) is None]
+    for i, p in enumerate(prompts):
+        c = _parse_chat_prompt(p)
+        if c is None: continue
         msgs, extra = self._messages(c)
-        r = self._call(self.client.chat.completions.create, model=self.model, messages=msgs, max_tokens=1, temperature=0.0,
-                       logprobs=True, top_logprobs=self.top_logprobs, extra_body=extra or None)
-        content = (r.choices[0].logprobs.content or []) if r.choices[0].logprobs else []
-        if not content: raise RuntimeError(f"{self.base_url} returned no logprobs on the chat endpoint; it cannot score options. "
-                                           "Give chat_template= so that scoring uses the completions endpoint.")
-        return _match_options({t.token: t.logprob for t in content[0].top_logprobs}, options)
+        r = self._call(self.client.chat.completions.create, messages=msgs, seed=seeds[i], extra_body=extra or None, **kw)
+        out[i] = r.choices[0].message.content or ""
+    step = self.batch_size if temperature == 0 else 1    # sampled prompts each carry their own seed
+    for s in range(0, len(plain), step):
+        idx = plain[s:s + step]
+        r = self._call(self.client.completions.create, prompt=[prompts[i] for i in idx], seed=seeds[idx[0]], **kw)
+        for ch in r.choices: out[idx[ch.index]] = ch.text
+    return out
 
+# %% ../../nbs/04b_llm_http.ipynb #17333ccc
 class _EchoUnsupported(Exception): pass
+
+@patch
+def _option_logprobs(self:OpenAILLM, prompts, options):
+    out = np.full((len(prompts), len(options)), -np.inf)
+    chat = [i for i, p in enumerate(prompts) if _parse_chat_prompt(p) is not None]
+    plain = sorted(set(range(len(prompts))) - set(chat))
+    for i in chat: out[i] = self._chat_top(_parse_chat_prompt(prompts[i]), options)
+    if plain and self.scoring == "echo":
+        try: out[plain] = self._echo([prompts[i] for i in plain], options)
+        except _EchoUnsupported as e:
+            warnings.warn(f"{self.base_url} returned no prompt log-probs for echo=True ({e}); using the top "
+                          f"{self.top_logprobs} next-token log-probs instead (options outside them get -inf).")
+            self.scoring = "top"
+    if plain and self.scoring == "top": out[plain] = self._top([prompts[i] for i in plain], options)
+    return out
+
+@patch
+def _echo(self:OpenAILLM, prompts, options)->np.ndarray:
+    pairs = [(p, o) for p in prompts for o in options]
+    vals = []
+    for s in range(0, len(pairs), self.batch_size):
+        chunk = pairs[s:s + self.batch_size]
+        r = self._call(self.client.completions.create, model=self.model, prompt=[p + o for p, o in chunk],
+                       max_tokens=1, temperature=0.0, echo=True, logprobs=1)
+        res = [None] * len(chunk)
+        for ch in r.choices: res[ch.index] = ch
+        for (p, o), ch in zip(chunk, res):
+            lp = ch.logprobs
+            if lp is None or not lp.token_logprobs or lp.text_offset is None or len(lp.token_logprobs) < 2:
+                raise _EchoUnsupported("no logprobs in the response")
+            a, b = len(p), len(p) + len(o)
+            ks = [k for k, off in enumerate(lp.text_offset) if a <= off < b]
+            if not ks or (ks[0] > 0 and lp.text_offset[ks[0] - 1] + len(lp.tokens[ks[0] - 1]) > a):
+                raise ValueError(f"The server's tokens straddle the end of the prompt and option {o!r} (the last prompt "
+                                 "token merges with the option), so the option's log-prob is not defined by echo; "
+                                 "end the prompt with a separator (e.g. a space) or use scoring='top'.")
+            if any(lp.token_logprobs[k] is None for k in ks): raise _EchoUnsupported("missing prompt token log-probs")
+            vals.append(float(sum(lp.token_logprobs[k] for k in ks)))
+    return np.array(vals).reshape(len(prompts), len(options))
+
+# %% ../../nbs/04b_llm_http.ipynb #0e762054
+@patch
+def _top(self:OpenAILLM, prompts, options)->np.ndarray:
+    rows = []
+    for p in prompts:
+        r = self._call(self.client.completions.create, model=self.model, prompt=p, max_tokens=1, temperature=0.0,
+                       logprobs=self.top_logprobs)
+        top = (r.choices[0].logprobs.top_logprobs or [{}])[0] if r.choices[0].logprobs else {}
+        rows.append(_match_options(dict(top or {}), options))
+    return np.array(rows)
+
+@patch
+def _chat_top(self:OpenAILLM, c:dict, options)->list:
+    msgs, extra = self._messages(c)
+    r = self._call(self.client.chat.completions.create, model=self.model, messages=msgs, max_tokens=1, temperature=0.0,
+                   logprobs=True, top_logprobs=self.top_logprobs, extra_body=extra or None)
+    content = (r.choices[0].logprobs.content or []) if r.choices[0].logprobs else []
+    if not content: raise RuntimeError(f"{self.base_url} returned no logprobs on the chat endpoint; it cannot score options. "
+                                       "Give chat_template= so that scoring uses the completions endpoint.")
+    return _match_options({t.token: t.logprob for t in content[0].top_logprobs}, options)
 
 # %% ../../nbs/04b_llm_http.ipynb #01628f99
 class LLMServer:
@@ -194,6 +204,7 @@ class LLMServer:
     def __exit__(self, *a): self.close()
     def __repr__(self): return f"LLMServer({self.url!r})"
 
+# %% ../../nbs/04b_llm_http.ipynb #5ed331e4
 def _logprob_block(llm, prompt:str, gen:str, top:int, echo:bool)->dict:
     "OpenAI completions `logprobs` for prompt+gen (all tokens when echo, else only the generated ones)."
     tl = llm.token_logprobs([prompt + gen], top=top)[0]
@@ -202,60 +213,52 @@ def _logprob_block(llm, prompt:str, gen:str, top:int, echo:bool)->dict:
     return dict(tokens=[tl["tokens"][k] for k in ks], token_logprobs=[tl["logprobs"][k] for k in ks],
                 top_logprobs=[tl["top"][k] for k in ks] if top else None, text_offset=[tl["offsets"][k] - shift for k in ks])
 
-def serve(llm:LLM|None=None,        # a local backend (default: the embedded transformers model)
-          host:str="127.0.0.1",     # interface to listen on
-          port:int=0,               # 0: any free port
-          model_name:str|None=None, # the name reported by /v1/models (default: llm.model_id)
-          block:bool=False,         # True: serve in this thread until interrupted
-          verbose:bool=False,       # log requests
-         )->LLMServer:
-    "Serve `llm` over a minimal OpenAI-compatible HTTP API (for tests and local use)."
-    from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
-    # the token-level API (generation, per-token log-probs) is the base LM's: a head adapter reshapes option
-    # distributions only, which this API cannot carry, so the default server runs the bare model
-    llm = llm if llm is not None else TransformersLLM(cache=False, adapter=None)
-    name = model_name or llm.model_id
-    lock = threading.Lock()
+def _completions(llm, name:str, b:dict)->dict:
+    "The /v1/completions response to request body `b`."
+    ps = b.get("prompt", ""); ps = [ps] if isinstance(ps, str) else list(ps)
+    mt, temp, seed = int(b.get("max_tokens", 16) or 0), float(b.get("temperature", 1.0)), int(b.get("seed") or 0)
+    stop, k, echo = b.get("stop"), b.get("logprobs"), bool(b.get("echo", False))
+    choices = []
+    for i, p in enumerate(ps):
+        if mt == 1 and temp == 0 and k is not None and not stop:
+            # one forward pass: the prompt's token log-probs and the greedy next token together
+            tl = llm.token_logprobs([p], top=max(int(k), 1))[0]
+            gen, glp = max(tl["next_top"].items(), key=lambda kv: kv[1])
+            ks = range(len(tl["ids"])) if echo else []
+            lp = dict(tokens=[tl["tokens"][j] for j in ks] + [gen], token_logprobs=[tl["logprobs"][j] for j in ks] + [glp],
+                      top_logprobs=([tl["top"][j] for j in ks] + [tl["next_top"]]) if k else None,
+                      text_offset=[tl["offsets"][j] for j in ks] + [len(p) if echo else 0])
+        else:
+            gen = llm.generate([p], max_tokens=mt, temperature=temp, seed=seed, stop=stop)[0] if mt > 0 else ""
+            lp = _logprob_block(llm, p, gen, int(k), echo) if k is not None else None
+        choices.append(dict(index=i, text=(p if echo else "") + gen, logprobs=lp,
+                            finish_reason="length" if mt and llm.count_tokens(gen) >= mt else "stop"))
+    return dict(id=f"cmpl-{text_hash(str(time.time()))}", object="text_completion", created=int(time.time()), model=name, choices=choices)
 
-    def completions(b):
-        ps = b.get("prompt", ""); ps = [ps] if isinstance(ps, str) else list(ps)
-        mt, temp, seed = int(b.get("max_tokens", 16) or 0), float(b.get("temperature", 1.0)), int(b.get("seed") or 0)
-        stop, k, echo = b.get("stop"), b.get("logprobs"), bool(b.get("echo", False))
-        choices = []
-        for i, p in enumerate(ps):
-            if mt == 1 and temp == 0 and k is not None and not stop:
-                # one forward pass: the prompt's token log-probs and the greedy next token together
-                tl = llm.token_logprobs([p], top=max(int(k), 1))[0]
-                gen, glp = max(tl["next_top"].items(), key=lambda kv: kv[1])
-                ks = range(len(tl["ids"])) if echo else []
-                lp = dict(tokens=[tl["tokens"][j] for j in ks] + [gen], token_logprobs=[tl["logprobs"][j] for j in ks] + [glp],
-                          top_logprobs=([tl["top"][j] for j in ks] + [tl["next_top"]]) if k else None,
-                          text_offset=[tl["offsets"][j] for j in ks] + [len(p) if echo else 0])
-            else:
-                gen = llm.generate([p], max_tokens=mt, temperature=temp, seed=seed, stop=stop)[0] if mt > 0 else ""
-                lp = _logprob_block(llm, p, gen, int(k), echo) if k is not None else None
-            choices.append(dict(index=i, text=(p if echo else "") + gen, logprobs=lp,
-                                finish_reason="length" if mt and llm.count_tokens(gen) >= mt else "stop"))
-        return dict(id=f"cmpl-{text_hash(str(time.time()))}", object="text_completion", created=int(time.time()), model=name, choices=choices)
+# %% ../../nbs/04b_llm_http.ipynb #d34af7d5
+def _chat_completions(llm, name:str, b:dict)->dict:
+    "The /v1/chat/completions response to request body `b`."
+    msgs = b.get("messages") or []
+    if not msgs: raise ValueError("messages is empty")
+    prefill = ""
+    if b.get("continue_final_message") and msgs[-1].get("role") == "assistant": prefill, msgs = msgs[-1]["content"], msgs[:-1]
+    prompt = render_chat(llm.chat_template, None, msgs, prefill, llm.bos_token, llm.eos_token)
+    mt, temp, seed = int(b.get("max_tokens") or b.get("max_completion_tokens") or 256), float(b.get("temperature", 1.0)), int(b.get("seed") or 0)
+    gen = llm.generate([prompt], max_tokens=mt, temperature=temp, seed=seed, stop=b.get("stop"))[0]
+    lp = None
+    if b.get("logprobs"):
+        top = int(b.get("top_logprobs") or 0)
+        blk = _logprob_block(llm, prompt, gen, max(top, 1), echo=False)
+        lp = dict(content=[dict(token=t, logprob=l, bytes=list(t.encode()),
+                                top_logprobs=[dict(token=a, logprob=v, bytes=list(a.encode())) for a, v in list((tp or {}).items())[:top]])
+                           for t, l, tp in zip(blk["tokens"], blk["token_logprobs"], blk["top_logprobs"])])
+    return dict(id=f"chatcmpl-{text_hash(str(time.time()))}", object="chat.completion", created=int(time.time()), model=name,
+                choices=[dict(index=0, message=dict(role="assistant", content=gen), logprobs=lp, finish_reason="stop")])
 
-    def chat(b):
-        msgs = b.get("messages") or []
-        if not msgs: raise ValueError("messages is empty")
-        prefill = ""
-        if b.get("continue_final_message") and msgs[-1].get("role") == "assistant": prefill, msgs = msgs[-1]["content"], msgs[:-1]
-        prompt = render_chat(llm.chat_template, None, msgs, prefill, llm.bos_token, llm.eos_token)
-        mt, temp, seed = int(b.get("max_tokens") or b.get("max_completion_tokens") or 256), float(b.get("temperature", 1.0)), int(b.get("seed") or 0)
-        gen = llm.generate([prompt], max_tokens=mt, temperature=temp, seed=seed, stop=b.get("stop"))[0]
-        lp = None
-        if b.get("logprobs"):
-            top = int(b.get("top_logprobs") or 0)
-            blk = _logprob_block(llm, prompt, gen, max(top, 1), echo=False)
-            lp = dict(content=[dict(token=t, logprob=l, bytes=list(t.encode()),
-                                    top_logprobs=[dict(token=a, logprob=v, bytes=list(a.encode())) for a, v in list((tp or {}).items())[:top]])
-                               for t, l, tp in zip(blk["tokens"], blk["token_logprobs"], blk["top_logprobs"])])
-        return dict(id=f"chatcmpl-{text_hash(str(time.time()))}", object="chat.completion", created=int(time.time()), model=name,
-                    choices=[dict(index=0, message=dict(role="assistant", content=gen), logprobs=lp, finish_reason="stop")])
-
+# %% ../../nbs/04b_llm_http.ipynb #5da6aa91
+def _handler(name:str, routes:dict, lock, verbose:bool):
+    "A request handler class: GET /v1/models and /health; POST to `routes` ({path: fn(body)->dict}) under `lock`."
+    from http.server import BaseHTTPRequestHandler
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code, obj):
             data = json.dumps(obj).encode()
@@ -272,13 +275,31 @@ def serve(llm:LLM|None=None,        # a local backend (default: the embedded tra
             try:
                 b = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 route = self.path.rstrip("/")
-                fn = {"/v1/completions": completions, "/v1/chat/completions": chat}.get(route)
+                fn = routes.get(route)
                 if fn is None: return self._send(404, dict(error=dict(message=f"no route {self.path}", type="not_found")))
                 with lock: res = fn(b)
                 self._send(200, res)
             except Exception as e:
                 self._send(400, dict(error=dict(message=f"{type(e).__name__}: {e}", type="invalid_request_error")))
+    return Handler
 
+# %% ../../nbs/04b_llm_http.ipynb #f6267c83
+def serve(llm:LLM|None=None,        # a local backend (default: the embedded transformers model)
+          host:str="127.0.0.1",     # interface to listen on
+          port:int=0,               # 0: any free port
+          model_name:str|None=None, # the name reported by /v1/models (default: llm.model_id)
+          block:bool=False,         # True: serve in this thread until interrupted
+          verbose:bool=False,       # log requests
+         )->LLMServer:
+    "Serve `llm` over a minimal OpenAI-compatible HTTP API (for tests and local use)."
+    from http.server import ThreadingHTTPServer
+    # the token-level API (generation, per-token log-probs) is the base LM's: a head adapter reshapes option
+    # distributions only, which this API cannot carry, so the default server runs the bare model
+    llm = llm if llm is not None else TransformersLLM(cache=False, adapter=None)
+    name = model_name or llm.model_id
+    routes = {"/v1/completions": lambda b: _completions(llm, name, b),
+              "/v1/chat/completions": lambda b: _chat_completions(llm, name, b)}
+    Handler = _handler(name, routes, threading.Lock(), verbose)
     httpd = ThreadingHTTPServer((host, int(port)), Handler); httpd.daemon_threads = True
     if block:
         print(f"popalign: serving {name} at http://{host}:{httpd.server_address[1]}/v1 (minimal server; Ctrl-C to stop)")

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from fastcore.basics import patch
+
 from .base import LLM, ScriptedLLM
 from .hf import TransformersLLM
 from .http import OpenAILLM
@@ -86,27 +88,32 @@ class Settings:
             if k2 == "options": v = {**self.options, **v}
             setattr(self, k2, v); self.sources[k2] = where
 
-    def sampling(self)->dict:
-        "Keyword arguments for `LLM.generate`."
-        return dict(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
+# %% ../../nbs/04d_llm_settings.ipynb #a6cc9287
+@patch
+def sampling(self:Settings)->dict:
+    "Keyword arguments for `LLM.generate`."
+    return dict(max_tokens=self.max_tokens, temperature=self.temperature, seed=self.seed)
 
-    def llm_options(self)->dict:
-        "Keyword arguments for `load_llm` (besides backend and model)."
-        o = dict(cache=False if self.no_cache else (self.cache if self.cache else True))
-        if self.backend in ("openai", "server", "openai-compatible"):
-            o.update(base_url=self.base_url, api_key=self.api_key)
-        if self.backend in ("transformers", "hf") and self.device: o["device"] = self.device
-        if self.backend == "vllm": o["tensor_parallel_size"] = self.tensor_parallel_size
-        if self.backend in ("transformers", "hf", "torch", "vllm"):
-            o["adapter"] = None if str(self.adapter).lower() in ("none", "") or self.adapter is None else self.adapter
-        return {**o, **self.options}
+@patch
+def llm_options(self:Settings)->dict:
+    "Keyword arguments for `load_llm` (besides backend and model)."
+    o = dict(cache=False if self.no_cache else (self.cache if self.cache else True))
+    if self.backend in ("openai", "server", "openai-compatible"):
+        o.update(base_url=self.base_url, api_key=self.api_key)
+    if self.backend in ("transformers", "hf") and self.device: o["device"] = self.device
+    if self.backend == "vllm": o["tensor_parallel_size"] = self.tensor_parallel_size
+    if self.backend in ("transformers", "hf", "torch", "vllm"):
+        o["adapter"] = None if str(self.adapter).lower() in ("none", "") or self.adapter is None else self.adapter
+    return {**o, **self.options}
 
-    def to_dict(self)->dict:
-        "The settings without secrets (for provenance headers)."
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sources", "api_key")}
-        d["api_key"] = "***" if self.api_key else None
-        return d
+@patch
+def to_dict(self:Settings)->dict:
+    "The settings without secrets (for provenance headers)."
+    d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("sources", "api_key")}
+    d["api_key"] = "***" if self.api_key else None
+    return d
 
+# %% ../../nbs/04d_llm_settings.ipynb #0c65a69f
 def _coerce(v, current, name):
     if name == "options":
         if not isinstance(v, dict): raise ValueError(f"must be a table/mapping; got {v!r}")
@@ -142,6 +149,7 @@ def _read_settings_file(p:Path)->dict:
     if isinstance(d.get("llm"), dict): d = {**{k: v for k, v in d.items() if k != "llm"}, **d["llm"]}
     return d
 
+# %% ../../nbs/04d_llm_settings.ipynb #ad5103ac
 def load_llm_from_settings(settings:Settings|None=None)->LLM:
     "The LLM named by `settings` (default: `Settings.load()`)."
     s = settings or Settings.load()
