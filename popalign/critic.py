@@ -93,7 +93,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
     if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
     bad = [i for i, t in enumerate(personas["text"]) if not isinstance(t, str) or not t.strip()]
-    if bad: raise ValueError(f"{len(bad)} persona(s) have no text (rows {bad[:5]}{' …' if len(bad) > 5 else ''}); "
+    if bad: raise ValueError(f"{len(bad)} persona(s) have no text (records {[i + 1 for i in bad[:5]]}{' …' if len(bad) > 5 else ''}, counting from 1); "
                              "drop them before the critic: a missing text is not a persona to score.")
     texts = personas["text"].tolist()
     extra = {}
@@ -156,9 +156,10 @@ def critic_cli(input:str|Path,       # persona file (.jsonl/.parquet) with text 
     fp = fingerprint(input)
     def compute():
         personas, in_prov = _read_personas(input)
-        scored = critique(personas, llm, min_overall=min_overall, min_other=min_other, max_words=max_words,
-                          allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose,
-                          answer=answer, prefill=prefill)
+        try: scored = critique(personas, llm, min_overall=min_overall, min_other=min_other, max_words=max_words,
+                               allow_no_source=allow_no_source, seed=seed, retries=retries, batch_size=batch_size, verbose=verbose,
+                               answer=answer, prefill=prefill)
+        except ValueError as e: raise ValueError(f"{input}: {e}") from None   # name the file the bad records are in
         out = scored if keep_all else scored[scored["critic_ok"]].reset_index(drop=True)
         ph = {"critic_score": critic_prompt_hash("choice")} if answer == "choice" else prompt_hashes(["critic"])
         return out, critic_report(scored), dict(input=str(input), input_fingerprint=fp, llm=describe_llm(llm), upstream=in_prov,

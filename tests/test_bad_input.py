@@ -93,7 +93,7 @@ def test_critic_refuses_a_record_without_text(tmp_path, capsys):
     p = tmp_path/"m.jsonl"
     p.write_text(json.dumps({"id": 1, "text": "A chef who cooks at dawn.", "source_text": "I cook at dawn."}) + "\n"
                  + json.dumps({"id": 2, "source_text": "I swim."}) + "\n")
-    refused(capsys, "critic", p, "--out", tmp_path/"c.jsonl", *SCRIPTED, names=["no text"])
+    refused(capsys, "critic", p, "--out", tmp_path/"c.jsonl", *SCRIPTED, names=["m.jsonl: 1 persona(s) have no text (records [2], counting from 1)"])
     assert not (tmp_path/"c.jsonl").exists()
 
 
