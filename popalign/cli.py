@@ -12,7 +12,7 @@ import yaml
 from .core import REPO_ROOT, runs_dir, require, check_stage_io
 
 # %% auto #0
-__all__ = ['paper_dir', 'list_papers', 'run_paper', 'build_parser', 'main']
+__all__ = ['PAPER_ORDER', 'paper_dir', 'list_papers', 'run_paper', 'build_parser', 'paper_plan', 'main']
 
 # %% ../nbs/17_cli.ipynb #ebe89ecf
 def paper_dir()->Path:
@@ -103,6 +103,9 @@ def _add_result_commands(sub):
     pp.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"), default=[],
                     help="override a parameter (values parsed as YAML: 1000, 0.5, true, [1,2])")
     pp.add_argument("--list", action="store_true", help="list paper notebooks and their parameters")
+    pp.add_argument("--all", action="store_true", help="run every paper notebook, in dependency order (see PAPER_ORDER)")
+    pp.add_argument("--quick", action="store_true", help="smoke run: set the notebooks' `quick` parameter (tiny sizes, the "
+                    "scripted test double where a model would answer); outputs go to runs/_quick/ only, never to tables/")
     pp.add_argument("--runs", default=None, help="folder for executed notebooks (default: runs/)")
     pp.add_argument("--figures", default="figures", help="where figures are copied (default: figures/)")
     pp.add_argument("--tables", default="tables", help="where tables are copied (default: tables/)")
@@ -255,7 +258,48 @@ def build_parser()->argparse.ArgumentParser:
     return p
 
 # %% ../nbs/17_cli.ipynb #c4886a5f
+PAPER_ORDER = ("fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
+               "tab_pra", "tab_main")   # producers before consumers: pools reads the mined personas; main reads tab_pra's cached answers
+
+def paper_plan(names:list|None=None, # notebooks to run (None: all)
+               quick:bool=False,     # keep only those with a `quick` parameter
+              )->tuple[list, list]:  # (to run, skipped with the reason)
+    "The paper notebooks in dependency order (`PAPER_ORDER`, then any others by name); with `quick`, those that have a quick mode."
+    papers = list_papers()
+    order = [n for n in PAPER_ORDER if n in papers] + sorted(n for n in papers if n not in PAPER_ORDER)
+    if names: order = [n for n in order if n in names]
+    run, skipped = [], []
+    for n in order:
+        (run if not quick or "quick" in papers[n] else skipped).append(n)
+    return run, [(n, "no quick mode (a `quick` parameter) yet") for n in skipped]
+
+def _quick_dirs(a):
+    "Where a run writes: --quick keeps its throw-away outputs under runs/_quick/ (tables/ and figures/ hold real runs only)."
+    if not a.quick: return a.runs, a.tables, a.figures
+    runs = Path(a.runs) if a.runs else runs_dir("_quick")
+    return runs, runs/"tables", runs/"figures"
+
+def _cmd_paper_all(a):
+    papers = list_papers(); run, skipped = paper_plan(None, a.quick)
+    params = {k: _parse_value(v) for k, v in a.param}
+    unknown = [k for k in params if not any(k in p for p in papers.values())]
+    if unknown: raise ValueError(f"No paper notebook takes parameter(s) {unknown}; see popalign paper --list.")
+    runs, tables, figures = _quick_dirs(a)
+    for n, why in skipped: print(f"skipped {n}: {why}", flush=True)
+    t0 = time.time()
+    for n in run:
+        t = time.time()
+        mine = {k: v for k, v in params.items() if k in papers[n]} | ({"quick": True} if a.quick else {})
+        res = run_paper(n, mine, runs=runs, figures=figures, tables=tables, progress=False)
+        print(f"{n}: {time.time() - t:.0f}s, {len(res['copied'])} files written", flush=True)
+    print(f"ran {len(run)} paper notebooks in {time.time() - t0:.0f}s; skipped {len(skipped)}")
+    return 0
+
 def _cmd_paper(a):
+    if a.all: return _cmd_paper_all(a)
+    if a.quick and a.name:
+        if "quick" not in list_papers().get(a.name, {}): raise ValueError(f"{a.name} has no quick mode (a `quick` parameter) yet.")
+        a.param.append(["quick", "true"]); a.runs, a.tables, a.figures = _quick_dirs(a)
     if a.list or not a.name:
         papers = list_papers()
         if not papers: print("no paper notebooks found"); return 0

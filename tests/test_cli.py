@@ -175,3 +175,22 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
     monkeypatch.setitem(cli._HANDLERS, "demo", boom)
     assert cli.main(["demo"]) == 130
     assert "interrupted; run the same command again to resume" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("popalign.core").core.has_data("openpsychometrics/BIG5/data.csv"),
+                    reason="the paper notebooks read ../shared/data")
+def test_paper_all_quick_smoke_runs_the_paper_notebooks(tmp_path):
+    "`popalign paper --all --quick` runs every notebook that has a quick mode, in order, writing only under --runs."
+    before = {p: p.stat().st_mtime_ns for p in (ROOT/"tables").glob("*")}
+    out = run("paper", "--all", "--quick", "--runs", str(tmp_path)).stdout
+    ran = [l.split(":")[0] for l in out.splitlines() if l.endswith("files written")]
+    assert ran == ["fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
+                   "tab_main"], out
+    assert "skipped tab_pra: no quick mode" in out          # said, not hidden
+    made = {p.name for p in (tmp_path/"tables").glob("*.md")}
+    assert {"main_ipip50.md", "main_ood.md", "main_corr.md", "mining_funnel.md", "pools_ipip50.md"} <= made, made
+    assert "QUICK SMOKE RUN" in (tmp_path/"tables"/"main_ipip50.md").read_text()
+    t1 = pd.read_csv(tmp_path/"tables"/"main_ipip50.csv")
+    assert {"no persona, T=1", "pool (raw)", "random", "matching only", "IS only", "IS + OT"} <= set(t1["set"])
+    assert (t1.dropna(subset=["value"]).floor > 0).all() and t1.floor_geometry.str.contains("held-out").all()
+    assert {p: p.stat().st_mtime_ns for p in (ROOT/"tables").glob("*")} == before   # the real tables are untouched
