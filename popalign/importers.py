@@ -72,25 +72,9 @@ def _first_user(m)->str|None:
             if isinstance(x, dict) and x.get("role") == "user" and isinstance(x.get("content"), str): return x["content"]
     return None
 
-# %% ../nbs/09a_importers.ipynb #00531948
-def read_personas(path:str|Path,          # file or folder of shards
-                  layout:str="auto",      # auto | personahub | nemotron | tulu | generic
-                  text_col:str|None=None, # the persona text column (overrides the layout's choice)
-                  id_col:str|None=None,   # the id column (default: id/uuid if present, else the row number)
-                  source:str|None=None,   # value of the `source` column (default: the layout or the file name)
-                  text_fields:Iterable[str]|None=None, # nemotron: narrative fields joined into the text
-                  keep:Iterable[str]|None=None, # metadata columns to keep (default: every scalar column)
-                  limit:int|None=None,    # read at most this many rows
-                  prefix_ids:bool=True,   # ids as "source:id" (False: the file's own ids, as `popalign respond` keeps them)
-                 )->pd.DataFrame:         # id, text, source, text_kind, metadata...
-    "Read an existing persona set into a persona table (id, text, source, metadata)."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"Persona file {path} does not exist.")
-    df = _read_table(path, limit)
-    if len(df) == 0: raise ValueError(f"{path} has no rows.")
-    if layout == "auto": layout = detect_layout(df.columns)
-    if layout not in ("personahub", "nemotron", "tulu", "generic"):
-        raise ValueError(f"layout must be auto, personahub, nemotron, tulu or generic; got '{layout}'.")
+# %% ../nbs/09a_importers.ipynb #e9d25e95
+def _persona_text(df:pd.DataFrame, layout:str, text_col:str|None, text_fields:Iterable[str]|None, path:Path)->tuple:
+    "The persona text column of a table read by `read_personas`, and what the text is ('persona', or 'prompt' for Tulu prompts)."
     kind = "persona"
     if text_col is not None:
         if text_col not in df: raise ValueError(f"text_col '{text_col}' is not a column of {path}; columns: {list(df.columns)}.")
@@ -121,6 +105,28 @@ def read_personas(path:str|Path,          # file or folder of shards
                                  f"for import). Columns: {list(df.columns)[:15]}.")
             col = max(long, key=lambda c: df[c].str.len().mean())
         text = df[col]
+    return text, kind
+
+# %% ../nbs/09a_importers.ipynb #00531948
+def read_personas(path:str|Path,          # file or folder of shards
+                  layout:str="auto",      # auto | personahub | nemotron | tulu | generic
+                  text_col:str|None=None, # the persona text column (overrides the layout's choice)
+                  id_col:str|None=None,   # the id column (default: id/uuid if present, else the row number)
+                  source:str|None=None,   # value of the `source` column (default: the layout or the file name)
+                  text_fields:Iterable[str]|None=None, # nemotron: narrative fields joined into the text
+                  keep:Iterable[str]|None=None, # metadata columns to keep (default: every scalar column)
+                  limit:int|None=None,    # read at most this many rows
+                  prefix_ids:bool=True,   # ids as "source:id" (False: the file's own ids, as `popalign respond` keeps them)
+                 )->pd.DataFrame:         # id, text, source, text_kind, metadata...
+    "Read an existing persona set into a persona table (id, text, source, metadata)."
+    path = Path(path)
+    if not path.exists(): raise FileNotFoundError(f"Persona file {path} does not exist.")
+    df = _read_table(path, limit)
+    if len(df) == 0: raise ValueError(f"{path} has no rows.")
+    if layout == "auto": layout = detect_layout(df.columns)
+    if layout not in ("personahub", "nemotron", "tulu", "generic"):
+        raise ValueError(f"layout must be auto, personahub, nemotron, tulu or generic; got '{layout}'.")
+    text, kind = _persona_text(df, layout, text_col, text_fields, path)
     ids = (df[id_col].astype(str) if id_col is not None else df["id"].astype(str) if "id" in df
            else df["uuid"].astype(str) if "uuid" in df else pd.Series(np.arange(len(df)).astype(str)))
     if id_col is not None and id_col not in df: raise ValueError(f"id_col '{id_col}' is not a column of {path}.")

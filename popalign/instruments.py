@@ -91,58 +91,64 @@ class Instrument:
         return (f"Instrument({self.name!r}, {len(self.items)} items, traits {' '.join(self.traits)}, "
                 f"scale {self.scale_min}–{self.scale_max})")
 
-    def check_columns(self, df:pd.DataFrame, where:str="")->pd.DataFrame:
-        "The item columns of `df` in item order; a ValueError lists exactly which item columns are missing."
-        if not isinstance(df, pd.DataFrame): raise TypeError(f"Expected a DataFrame; got {type(df).__name__}.")
-        missing = [i for i in self.item_ids if i not in df.columns]
-        if missing:
-            extra = [c for c in df.columns if c not in self.item_ids][:12]
-            raise ValueError(f"{where or 'The data'} lacks {len(missing)} of the {len(self.items)} item columns of "
-                             f"{self.name}: {missing}. Other columns present: {extra}{' …' if len(extra) == 12 else ''}. "
-                             "Rename the columns to the item ids (e.g. load_reference(..., columns={'file_col': 'item_id'})).")
-        return df[self.item_ids]
+# %% ../nbs/01_instruments.ipynb #bffd5133
+@patch
+def check_columns(self:Instrument, df:pd.DataFrame, where:str="")->pd.DataFrame:
+    "The item columns of `df` in item order; a ValueError lists exactly which item columns are missing."
+    if not isinstance(df, pd.DataFrame): raise TypeError(f"Expected a DataFrame; got {type(df).__name__}.")
+    missing = [i for i in self.item_ids if i not in df.columns]
+    if missing:
+        extra = [c for c in df.columns if c not in self.item_ids][:12]
+        raise ValueError(f"{where or 'The data'} lacks {len(missing)} of the {len(self.items)} item columns of "
+                         f"{self.name}: {missing}. Other columns present: {extra}{' …' if len(extra) == 12 else ''}. "
+                         "Rename the columns to the item ids (e.g. load_reference(..., columns={'file_col': 'item_id'})).")
+    return df[self.item_ids]
 
-    def _matrix(self, X)->tuple:
-        "Item answers as a float (n, n_items) array with missing codes set to NaN; also the row index."
-        if isinstance(X, pd.DataFrame): idx, A = X.index, self.check_columns(X).to_numpy(dtype=np.float64, na_value=np.nan)
-        else:
-            try: A = np.array(X, dtype=np.float64)
-            except (TypeError, ValueError) as e: raise ValueError(f"responses must be numeric: {e}") from None
-            if A.ndim == 1 and A.shape[0] == len(self.items): A = A[None, :]
-            if A.ndim != 2 or A.shape[1] != len(self.items):
-                raise ValueError(f"responses must have shape (n, {len(self.items)}) for {self.name}; got {A.shape}. "
-                                 "Pass a DataFrame with item-id columns, or columns in the order of instrument.item_ids.")
-            idx = pd.RangeIndex(A.shape[0])
-        A = A.copy()
-        if self.missing_codes: A[np.isin(A, self.missing_codes)] = np.nan
-        bad = ~np.isnan(A) & ((A < self.scale_min) | (A > self.scale_max))
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise ValueError(f"{int(bad.sum())} answers lie outside the {self.name} scale {self.scale_min}–{self.scale_max} "
-                             f"(first: row {r}, item {self.items[c].id}, value {A[r, c]:g}). Clean the data first "
-                             "(load_reference does) or set them to NaN.")
-        return A, idx
+@patch
+def _matrix(self:Instrument, X)->tuple:
+    "Item answers as a float (n, n_items) array with missing codes set to NaN; also the row index."
+    if isinstance(X, pd.DataFrame): idx, A = X.index, self.check_columns(X).to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        try: A = np.array(X, dtype=np.float64)
+        except (TypeError, ValueError) as e: raise ValueError(f"responses must be numeric: {e}") from None
+        if A.ndim == 1 and A.shape[0] == len(self.items): A = A[None, :]
+        if A.ndim != 2 or A.shape[1] != len(self.items):
+            raise ValueError(f"responses must have shape (n, {len(self.items)}) for {self.name}; got {A.shape}. "
+                             "Pass a DataFrame with item-id columns, or columns in the order of instrument.item_ids.")
+        idx = pd.RangeIndex(A.shape[0])
+    A = A.copy()
+    if self.missing_codes: A[np.isin(A, self.missing_codes)] = np.nan
+    bad = ~np.isnan(A) & ((A < self.scale_min) | (A > self.scale_max))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{int(bad.sum())} answers lie outside the {self.name} scale {self.scale_min}–{self.scale_max} "
+                         f"(first: row {r}, item {self.items[c].id}, value {A[r, c]:g}). Clean the data first "
+                         "(load_reference does) or set them to NaN.")
+    return A, idx
 
-    def keyed(self, X)->pd.DataFrame|np.ndarray:
-        "Answers with reverse-keyed items flipped (`scale_min + scale_max − x`); same type as `X`, missing codes → NaN."
-        A, idx = self._matrix(X)
-        rev = self.signs < 0
-        A[:, rev] = self.scale_min + self.scale_max - A[:, rev]
-        return pd.DataFrame(A, index=idx, columns=self.item_ids) if isinstance(X, pd.DataFrame) else A
+# %% ../nbs/01_instruments.ipynb #93525345
+@patch
+def keyed(self:Instrument, X)->pd.DataFrame|np.ndarray:
+    "Answers with reverse-keyed items flipped (`scale_min + scale_max − x`); same type as `X`, missing codes → NaN."
+    A, idx = self._matrix(X)
+    rev = self.signs < 0
+    A[:, rev] = self.scale_min + self.scale_max - A[:, rev]
+    return pd.DataFrame(A, index=idx, columns=self.item_ids) if isinstance(X, pd.DataFrame) else A
 
-    def score(self, responses)->pd.DataFrame:
-        "Trait scores (n × traits): the NaN-aware mean of each trait's keyed answers."
-        A = self.keyed(responses)
-        idx = A.index if isinstance(A, pd.DataFrame) else pd.RangeIndex(len(A))
-        A = np.asarray(A, dtype=np.float64)
-        out = {}
-        for t in self.traits:
-            cols = [j for j, it in enumerate(self.items) if it.trait == t]
-            B = A[:, cols]; ok = ~np.isnan(B)
-            cnt = ok.sum(1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[t] = np.where(cnt > 0, np.where(ok, B, 0.0).sum(1) / np.maximum(cnt, 1), np.nan)
-        return pd.DataFrame(out, index=idx)
+@patch
+def score(self:Instrument, responses)->pd.DataFrame:
+    "Trait scores (n × traits): the NaN-aware mean of each trait's keyed answers."
+    A = self.keyed(responses)
+    idx = A.index if isinstance(A, pd.DataFrame) else pd.RangeIndex(len(A))
+    A = np.asarray(A, dtype=np.float64)
+    out = {}
+    for t in self.traits:
+        cols = [j for j, it in enumerate(self.items) if it.trait == t]
+        B = A[:, cols]; ok = ~np.isnan(B)
+        cnt = ok.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[t] = np.where(cnt > 0, np.where(ok, B, 0.0).sum(1) / np.maximum(cnt, 1), np.nan)
+    return pd.DataFrame(out, index=idx)
 
 # %% ../nbs/01_instruments.ipynb #5df60e14
 _ITEM_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z_]*\d+[A-Za-z0-9_]*)(?:\t+|\.[ \t]+|:[ \t]+)(\S.*?)\s*$")

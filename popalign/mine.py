@@ -312,6 +312,7 @@ def evidence_scores(quotes:list[str], # quotes the LLM cited
         out.append(0.0 if len(qn) < min_chars else float(fuzz.partial_ratio(qn, src)))
     return out
 
+# %% ../nbs/06_mine.ipynb #a4429924
 _QUOTED = re.compile(r'"[^"]*"|“[^”]*”')
 
 def is_third_person(text:str)->bool:
@@ -330,6 +331,7 @@ def parse_persona(answer:str, i=None)->dict|None:
     if not isinstance(ev, list) or not all(isinstance(e, str) for e in ev): raise ValueError("'evidence' must be a list of strings")
     return {"persona": p.strip(), "evidence": [e.strip() for e in ev if e.strip()]}
 
+# %% ../nbs/06_mine.ipynb #57e8b6ea
 def llm_persona(authors:pd.DataFrame,     # from `aggregate_authors`
                 llm,                      # LLM object
                 match_threshold:float=90, # minimum evidence score (0–100) of every quote

@@ -21,7 +21,7 @@ from .ask import ANSWER_MODES, ask, choose, json_object, describe_llm
 # %% auto #0
 __all__ = ['ENTITY_TYPES', 'PRIORITY', 'DEFAULT_MODEL', 'PHONE_REGIONS', 'DETECT_PREFILL', 'DETECT_OPTIONS', 'luhn_ok', 'iban_ok',
            'Span', 'resolve', 'rule_spans', 'analyzer', 'name_lists', 'ner_spans', 'fake_value', 'DeidReport',
-           'parse_yes_no', 'parse_pii_spans', 'deidentify', 'pii_testset', 'evaluate_deid', 'deid_cli']
+           'parse_yes_no', 'parse_pii_spans', 'deidentify', 'deid_cli', 'pii_testset', 'evaluate_deid']
 
 # %% ../nbs/08_privacy.ipynb #4a11389f
 def luhn_ok(number:str)->bool:
@@ -358,140 +358,6 @@ def deidentify(texts:Iterable[str],    # texts to clean
                       "by_type": dict(pd.Series([r["type"] for rs in report for r in rs], dtype=object).value_counts().astype(int))}
     return cleaned, report
 
-# %% ../nbs/08_privacy.ipynb #9c3c4d92
-def _planted(text:str, *pii)->dict:
-    "One test paragraph and its planted PII, as (type, exact string) pairs."
-    return {"text": text, "pii": list(pii)}
-
-def _pii_positives_a()->list[dict]:
-    P = _planted
-    return [
-    P("The user, Dr. Maria J. Gonzalez, is a 52-year-old pediatrician who lives at 742 Evergreen Terrace, Springfield, IL 62704. She can be reached at maria.gonzalez@gmail.com or (217) 555-0143.",
-      ("PERSON", "Dr. Maria J. Gonzalez"), ("STREET_ADDRESS", "742 Evergreen Terrace"), ("POSTCODE", "62704"), ("EMAIL_ADDRESS", "maria.gonzalez@gmail.com"), ("PHONE_NUMBER", "(217) 555-0143")),
-    P("Mr. Thomas O'Neill, a retired postman from Leeds, still keeps his savings in account 31926819 with sort code 40-47-84.",
-      ("PERSON", "Mr. Thomas O'Neill"), ("BANK_ACCOUNT", "31926819"), ("BANK_ACCOUNT", "40-47-84")),
-    P("Priya Raghunathan moved to 221B Baker Street, London NW1 6XE last spring and now works remotely as a data analyst; her mobile is +44 7700 900123.",
-      ("PERSON", "Priya Raghunathan"), ("STREET_ADDRESS", "221B Baker Street"), ("POSTCODE", "NW1 6XE"), ("PHONE_NUMBER", "+44 7700 900123")),
-    P("He paid the deposit with his card 4539 1488 0343 6467 and asked the landlord to email receipts to j.whitaker82@yahoo.co.uk.",
-      ("CREDIT_CARD", "4539 1488 0343 6467"), ("EMAIL_ADDRESS", "j.whitaker82@yahoo.co.uk")),
-    P("Born in Lagos, Chukwuemeka Obi now teaches chemistry in Houston. Parents can text him at 713-555-0198.",
-      ("PERSON", "Chukwuemeka Obi"), ("PHONE_NUMBER", "713-555-0198")),
-    P("The user (Anne-Marie Dubois) transfers rent every month from IBAN FR14 2004 1010 0505 0001 3M02 606 to her landlord in Lyon.",
-      ("PERSON", "Anne-Marie Dubois"), ("IBAN_CODE", "FR14 2004 1010 0505 0001 3M02 606")),
-    P("Kenji Watanabe, 29, is a software engineer who jogs every morning along the river. His number is +81 90-1234-5678.",
-      ("PERSON", "Kenji Watanabe"), ("PHONE_NUMBER", "+81 90-1234-5678")),
-    P("Sarah Louise Bennett writes about gardening and lives at 18 Willow Close, Cambridge CB4 1XY, with her two spaniels.",
-      ("PERSON", "Sarah Louise Bennett"), ("STREET_ADDRESS", "18 Willow Close"), ("POSTCODE", "CB4 1XY")),
-    P("Contact Prof. R. K. Menon at rk.menon@iitm.ac.in for details about his weekend astronomy club.",
-      ("PERSON", "Prof. R. K. Menon"), ("EMAIL_ADDRESS", "rk.menon@iitm.ac.in")),
-    P("After the divorce, Linda Kowalski rented Flat 3, 47 Kingsway Road, Manchester M19 2LW and started painting again.",
-      ("PERSON", "Linda Kowalski"), ("STREET_ADDRESS", "Flat 3, 47 Kingsway Road"), ("POSTCODE", "M19 2LW")),
-    P("Carlos Mendoza Ruiz, a union electrician, keeps an Amex card 3714 496353 98431 for work trips.",
-      ("PERSON", "Carlos Mendoza Ruiz"), ("CREDIT_CARD", "3714 496353 98431")),
-    P("The user's checking account number is 000123456789 and the routing number is 021000021; he banks in Brooklyn.",
-      ("BANK_ACCOUNT", "000123456789"), ("BANK_ACCOUNT", "021000021")),
-    P("Jenny Alvarez, a violin teacher, tells new students to call 555.867.5309 any evening after six.",
-      ("PERSON", "Jenny Alvarez"), ("PHONE_NUMBER", "555.867.5309")),
-    P("Olufemi Adeyemi used to live at 1600 Pennsylvania Ave NW, Washington, DC 20500 and now lives at 350 Fifth Avenue, New York, NY 10118.",
-      ("PERSON", "Olufemi Adeyemi"), ("STREET_ADDRESS", "1600 Pennsylvania Ave NW"), ("POSTCODE", "20500"), ("STREET_ADDRESS", "350 Fifth Avenue"), ("POSTCODE", "10118")),
-    P("Her German bank account is DE89 3704 0044 0532 0130 00 and she calls her mother in Berlin at +49 30 901820 every Sunday.",
-      ("IBAN_CODE", "DE89 3704 0044 0532 0130 00"), ("PHONE_NUMBER", "+49 30 901820")),
-    P("The user, Mrs. Eleanor Whitfield-Hayes, volunteers at the library on Tuesdays and bakes for the church fair.",
-      ("PERSON", "Mrs. Eleanor Whitfield-Hayes"),),
-    P("Rajesh Kumar Sharma can be reached on 098765 43210 or rajesh.sharma1975@rediffmail.com about his tutoring business.",
-      ("PERSON", "Rajesh Kumar Sharma"), ("PHONE_NUMBER", "098765 43210"), ("EMAIL_ADDRESS", "rajesh.sharma1975@rediffmail.com")),
-    P("He mailed the form to P.O. Box 4471, Tucson, AZ 85717 and signed it Michael T. Brennan.",
-      ("STREET_ADDRESS", "P.O. Box 4471"), ("POSTCODE", "85717"), ("PERSON", "Michael T. Brennan")),
-    ]
-
-# %% ../nbs/08_privacy.ipynb #7cb28fe6
-def _pii_positives_b()->list[dict]:
-    P = _planted
-    return [
-    P("Grace Nakamura-Lee, 41, runs a bakery at 1024 Oak Hill Drive, Austin, TX 78701, and posts new recipes every week.",
-      ("PERSON", "Grace Nakamura-Lee"), ("STREET_ADDRESS", "1024 Oak Hill Drive"), ("POSTCODE", "78701")),
-    P("Payment details: card no. 5555-5555-5555-4444, expiry 09/27, cardholder Daniel Okafor.",
-      ("CREDIT_CARD", "5555-5555-5555-4444"), ("PERSON", "Daniel Okafor")),
-    P("Email william.hart@protonmail.com if you want to join Bill's fishing trips; his landline is 01632 960983.",
-      ("EMAIL_ADDRESS", "william.hart@protonmail.com"), ("PHONE_NUMBER", "01632 960983")),
-    P("Sofia Rossi, an Italian nurse, shares her shift schedule with colleagues via sofia_rossi@libero.it and +39 347 123 4567.",
-      ("PERSON", "Sofia Rossi"), ("EMAIL_ADDRESS", "sofia_rossi@libero.it"), ("PHONE_NUMBER", "+39 347 123 4567")),
-    P("The user lives at 55 Maple Street, Apt 4B, Burlington, VT 05401 with two cats and a very old piano.",
-      ("STREET_ADDRESS", "55 Maple Street, Apt 4B"), ("POSTCODE", "05401")),
-    P("Ahmed Al-Farsi sends money home from his account GB29 NWBK 6016 1331 9268 19 every month.",
-      ("PERSON", "Ahmed Al-Farsi"), ("IBAN_CODE", "GB29 NWBK 6016 1331 9268 19")),
-    P("Brian O'Connor (brian.oconnor@outlook.com, 617-555-0110) coaches little league in Somerville.",
-      ("PERSON", "Brian O'Connor"), ("EMAIL_ADDRESS", "brian.oconnor@outlook.com"), ("PHONE_NUMBER", "617-555-0110")),
-    P("Her old address was 12 Chestnut Grove, Bristol BS6 5LT; her new one is 7 Harbour View Terrace, Falmouth TR11 2AB.",
-      ("STREET_ADDRESS", "12 Chestnut Grove"), ("POSTCODE", "BS6 5LT"), ("STREET_ADDRESS", "7 Harbour View Terrace"), ("POSTCODE", "TR11 2AB")),
-    P("Lucas Ferreira da Silva, a Brazilian architect, keeps a Visa 4111-1111-1111-1111 for online shopping.",
-      ("PERSON", "Lucas Ferreira da Silva"), ("CREDIT_CARD", "4111-1111-1111-1111")),
-    P("The user, Nguyen Thi Mai, saves in a Vietnamese bank account 0071000123456 and sells handmade scarves.",
-      ("PERSON", "Nguyen Thi Mai"), ("BANK_ACCOUNT", "0071000123456")),
-    P("Reach Dr Hannah Schmidt on +41 44 668 18 00 or at hannah.schmidt@uzh.ch about the choir.",
-      ("PERSON", "Dr Hannah Schmidt"), ("PHONE_NUMBER", "+41 44 668 18 00"), ("EMAIL_ADDRESS", "hannah.schmidt@uzh.ch")),
-    P("Father of three, Jean-Pierre Lefebvre lives at 8 Elm Road and is reachable on 0044 20 7946 0018.",
-      ("PERSON", "Jean-Pierre Lefebvre"), ("STREET_ADDRESS", "8 Elm Road"), ("PHONE_NUMBER", "0044 20 7946 0018")),
-    P("Mia Thompson's phone number, (312) 555-0175, was printed on an old flyer she found in a drawer.",
-      ("PERSON", "Mia Thompson"), ("PHONE_NUMBER", "(312) 555-0175")),
-    P("J. Robert Oppenfield manages a hardware store and can be contacted at robert@oppenfieldhardware.com.",
-      ("PERSON", "J. Robert Oppenfield"), ("EMAIL_ADDRESS", "robert@oppenfieldhardware.com")),
-    P("The user is Aisha Bello; she banks with account no. 2034 5566 7788 and loves cooking jollof rice for friends.",
-      ("PERSON", "Aisha Bello"), ("BANK_ACCOUNT", "2034 5566 7788")),
-    P("Send the invoice to Ms. Kate Middleford at 300 Queen's Road, Apt 12, Vancouver, before Friday.",
-      ("PERSON", "Ms. Kate Middleford"), ("STREET_ADDRESS", "300 Queen's Road, Apt 12")),
-    P("His stolen card 6011 1111 1111 1117 was reported by Peter Van Houten last winter.",
-      ("CREDIT_CARD", "6011 1111 1111 1117"), ("PERSON", "Peter Van Houten")),
-    P("Call the front desk on 020 7946 0958 and ask for Fatima Zahra Benali, the night manager.",
-      ("PHONE_NUMBER", "020 7946 0958"), ("PERSON", "Fatima Zahra Benali")),
-    ]
-
-# %% ../nbs/08_privacy.ipynb #1a8a5b53
-def _pii_negatives()->list[dict]:
-    P = _planted
-    return [
-    # negative controls: no PII
-    P("The user grew up in Jordan and spent May 2019 hiking in Petra before moving to Canada at age 34."),
-    P("She is a 45-year-old nurse from Ohio who paid $1,250 for a used car in 2017 and volunteers every Saturday."),
-    P("He works 40 hours a week, earns about £32,000 a year, and has two children aged 7 and 10."),
-    P("The user loves jazz, reads mystery novels, and has lived near Main Street for as long as she can remember."),
-    P("Between 2015 and 2019 he ran 3 marathons, finishing the last one in 3:42:10."),
-    P("In April she visited Paris, Texas, and later Victoria, British Columbia, with her sister."),
-    P("The user is a Virgo who drinks 2 cups of coffee a day and owns 1 dog, 3 cats and 12 chickens."),
-    P("He has a Visa card and a savings account but says he never checks the balance."),
-    P("My grandmother, aged 91, says the 1960s were the best decade; she still bakes 24 cookies every Sunday."),
-    P("She rated the hotel 4.5 out of 5 and paid 89.99 euros per night for room 214 on floor 3."),
-    P("Jordan is his favourite country and June is his favourite month."),
-    P("The user, a teacher, scored 1450 on the SAT in 2003 and now earns $58,500 a year in Denver."),
-    P("They moved in 1998, again in 2004, and finally settled in a small town near the coast of Maine."),
-    P("He supports Manchester United, drives a 2012 Ford Focus and listens to BBC Radio 4 every morning."),
-    ]
-
-def pii_testset()->list[dict]:
-    "Persona paragraphs with planted PII (`pii`: list of (type, exact string)) and negatives (`pii` empty)."
-    return _pii_positives_a() + _pii_positives_b() + _pii_negatives()
-
-# %% ../nbs/08_privacy.ipynb #48382fc9
-def evaluate_deid(testset:list[dict], # from `pii_testset` (or the same layout)
-                  cleaned:list[str], report:DeidReport, # from `deidentify` on the test texts
-                 )->dict:
-    "Leaks (planted values not fully replaced or still present) and false replacements (spans touching no planted value)."
-    leaks, false_neg, false_pos, tp = [], [], [], 0
-    for k, (item, c, reps) in enumerate(zip(testset, cleaned, report)):
-        t = item["text"]
-        planted = [(m.start(), m.end(), typ, s) for typ, s in item["pii"] for m in re.finditer(re.escape(s), t)]
-        covered = np.zeros(len(t) + 1, bool)
-        for r in reps: covered[r["start"]:r["end"]] = True
-        for a, b, typ, s in planted:
-            if not covered[a:b].all() or s in c: leaks.append({"text": k, "type": typ, "value": s})
-        for r in reps:
-            if any(r["start"] < b and a < r["end"] for a, b, _, _ in planted): tp += 1
-            else: (false_neg if not item["pii"] else false_pos).append({"text": k, "type": r["type"], "span": t[r["start"]:r["end"]]})
-    n = sum(map(len, report))
-    return {"paragraphs": len(testset), "with_pii": sum(bool(i["pii"]) for i in testset), "planted": sum(len(i["pii"]) for i in testset),
-            "leaks": leaks, "false_replacements_negatives": false_neg, "false_replacements_positives": false_pos,
-            "replacements": n, "precision": tp / n if n else float("nan")}
-
 # %% ../nbs/08_privacy.ipynb #fee08c72
 def deid_cli(input:str|Path,            # persona file (.jsonl/.parquet)
              output:str|Path,           # where to save the de-identified personas
@@ -535,3 +401,9 @@ def _deid_file(input, fp, llm, text_col, seed, drop_columns, retries, answer, pr
     return out, summary, dict(input=str(input), input_fingerprint=fp, llm=describe_llm(llm), ner_model=DEFAULT_MODEL,
                               prompt_hashes={**in_prov.get("prompt_hashes", {}), **prompt_hashes(["pii_detect", "pii_spans"])},
                               upstream=in_prov)
+
+# %% ../nbs/08_privacy.ipynb #9f82ec75
+from .pii_eval import pii_testset, evaluate_deid
+
+# %% ../nbs/08_privacy.ipynb #c2a51662
+_all_ = ['pii_testset', 'evaluate_deid']

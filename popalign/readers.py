@@ -58,6 +58,7 @@ def _blog_members(path:Path):
         raise ValueError(f"{path} must be a folder of id.gender.age.industry.sign.xml files or a zip of them "
                          "(the Blog Authorship Corpus); for the CSV form use read_blog_csv.")
 
+# %% ../nbs/05d_readers.ipynb #7d9597c9
 def read_blog_corpus(path:str|Path,            # folder or .zip of `id.gender.age.industry.sign.xml` files
                      encoding:str="latin-1",   # the corpus is latin-1
                      limit:int|None=None,      # read at most this many files (quick looks)

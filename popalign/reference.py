@@ -142,6 +142,7 @@ def _scan(path:Path, sep:str, quotechar:str='"')->str:
                 elif len(row) != n: _bad_line(path, rd.line_num, n, len(row), sep)
     return enc
 
+# %% ../nbs/02_reference.ipynb #1029ccaf
 def read_table(path:str|Path,            # a delimited text file with a header line
                sep:str|None=None,        # field separator; None = guess from the header
                encoding:str|None=None,   # None = UTF-8, or latin-1 when the file is not valid UTF-8
@@ -279,6 +280,7 @@ def subgroup(self:Reference,
         raise ValueError(f"No one in {self.name!r} ({len(self):,} people) matches {desc} ({each}).")
     return _take(self, np.flatnonzero(m), f"subgroup {desc}: {int(m.sum()):,} of {len(self):,} people")
 
+# %% ../nbs/02_reference.ipynb #60c376ea
 @patch
 def sample(self:Reference,
            n:int,           # how many people, without replacement
@@ -348,6 +350,7 @@ def _resolve_file(spec:dict, name:str, data_dir)->Path:
                (", instrument=...)." if name != "ipip-ffm" else ").")
         raise FileNotFoundError(f"Reference {name!r}: {e}{hint}") from None
 
+# %% ../nbs/02_reference.ipynb #dd3e9a2c
 def load_reference(name_or_path:str|Path,       # a known name (see REFERENCES) or a path to a CSV/TSV file
                    instrument:str|Instrument|None=None, # default: the reference's own; needed for an unknown file
                    data_dir:str|Path|None=None, # data root searched first (see `popalign.core.find_data`)
@@ -448,6 +451,7 @@ def _stems(codebook:Path)->dict:
         out[k] = re.sub(r"\s*(\.\.\.|…)\s*$", "", v)
     return out
 
+# %% ../nbs/02_reference.ipynb #23ffe636
 def load_people_texts(name:str,                    # "itemsgen", "sentances1" (alias "sentences1") or "sentances1-riasec"
                       data_dir:str|Path|None=None, # data root searched first
                       duplicates:str="keep",       # exact duplicate rows: "keep" (counted) or "drop"

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import check_rng, provenance, save_artifact, load_artifact, text_hash, has_data
@@ -92,80 +93,91 @@ class Responses:
         return (f"Responses({P} personas × {I} items × {O} options, mode={self.mode!r}, model={self.meta.get('model')!r}, "
                 f"mean valid mass {np.nanmean(self.valid_mass):.3f})")
 
-    @property
-    def answered(self)->np.ndarray:
-        "(P, I) True where there is an answer distribution."
-        return np.isfinite(self.probs).all(-1)
+# %% ../nbs/05_respond.ipynb #ca7c035e
+@patch(as_prop=True)
+def answered(self:Responses)->np.ndarray:
+    "(P, I) True where there is an answer distribution."
+    return np.isfinite(self.probs).all(-1)
 
-    def expected(self)->np.ndarray:
-        "(P, I) expected answer under each distribution (NaN where there is no answer)."
-        return self.probs @ np.asarray(self.options, dtype=np.float64)
+@patch
+def expected(self:Responses)->np.ndarray:
+    "(P, I) expected answer under each distribution (NaN where there is no answer)."
+    return self.probs @ np.asarray(self.options, dtype=np.float64)
 
-    def argmax(self)->np.ndarray:
-        "(P, I) most probable option (NaN where there is no answer)."
-        ok = self.answered
-        out = np.asarray(self.options, dtype=np.float64)[np.argmax(np.where(ok[..., None], self.probs, -1.0), axis=-1)]
-        return np.where(ok, out, np.nan)
+@patch
+def argmax(self:Responses)->np.ndarray:
+    "(P, I) most probable option (NaN where there is no answer)."
+    ok = self.answered
+    out = np.asarray(self.options, dtype=np.float64)[np.argmax(np.where(ok[..., None], self.probs, -1.0), axis=-1)]
+    return np.where(ok, out, np.nan)
 
-    def sample(self, seed:int|np.random.Generator|None=0)->np.ndarray:
-        "(P, I) one option drawn from each distribution (seeded; NaN where there is no answer)."
-        rng = check_rng(seed)
-        cum = np.cumsum(np.nan_to_num(self.probs), axis=-1)
-        u = rng.random(self.probs.shape[:2])[..., None] * cum[..., -1:]
-        k = np.minimum((u >= cum).sum(-1), len(self.options) - 1)
-        return np.where(self.answered, np.asarray(self.options, dtype=np.float64)[k], np.nan)
+@patch
+def sample(self:Responses, seed:int|np.random.Generator|None=0)->np.ndarray:
+    "(P, I) one option drawn from each distribution (seeded; NaN where there is no answer)."
+    rng = check_rng(seed)
+    cum = np.cumsum(np.nan_to_num(self.probs), axis=-1)
+    u = rng.random(self.probs.shape[:2])[..., None] * cum[..., -1:]
+    k = np.minimum((u >= cum).sum(-1), len(self.options) - 1)
+    return np.where(self.answered, np.asarray(self.options, dtype=np.float64)[k], np.nan)
 
-    def view(self, view:str="expected", seed:int=0)->np.ndarray:
-        "One of the views by name: expected, argmax, sample."
-        if view == "expected": return self.expected()
-        if view == "argmax": return self.argmax()
-        if view == "sample": return self.sample(seed)
-        raise ValueError(f"view must be 'expected', 'argmax' or 'sample'; got {view!r}.")
+@patch
+def view(self:Responses, view:str="expected", seed:int=0)->np.ndarray:
+    "One of the views by name: expected, argmax, sample."
+    if view == "expected": return self.expected()
+    if view == "argmax": return self.argmax()
+    if view == "sample": return self.sample(seed)
+    raise ValueError(f"view must be 'expected', 'argmax' or 'sample'; got {view!r}.")
 
-    def to_frame(self, view:str="expected", seed:int=0)->pd.DataFrame:
-        "A persona × item DataFrame (columns = item ids) of one view."
-        return pd.DataFrame(self.view(view, seed), index=pd.Index(self.persona_ids, name="persona"), columns=self.item_ids)
+# %% ../nbs/05_respond.ipynb #007d88a7
+@patch
+def to_frame(self:Responses, view:str="expected", seed:int=0)->pd.DataFrame:
+    "A persona × item DataFrame (columns = item ids) of one view."
+    return pd.DataFrame(self.view(view, seed), index=pd.Index(self.persona_ids, name="persona"), columns=self.item_ids)
 
-    def scores(self, view:str="expected", seed:int=0, instrument:Instrument|None=None)->pd.DataFrame:
-        "Trait scores (P × traits) of a view, through `instrument.score` (items not asked count as missing; a trait with none is NaN)."
-        ins = instrument or self.instrument
-        if ins is None: raise ValueError("These responses carry no Instrument; pass instrument=load_instrument(name).")
-        X = self.to_frame(view, seed)
-        if not set(X.columns) & set(ins.item_ids):
-            raise ValueError(f"None of these responses' items {self.item_ids[:5]}… belong to {ins.name}.")
-        return ins.score(X.reindex(columns=ins.item_ids))   # items not asked count as missing answers
+@patch
+def scores(self:Responses, view:str="expected", seed:int=0, instrument:Instrument|None=None)->pd.DataFrame:
+    "Trait scores (P × traits) of a view, through `instrument.score` (items not asked count as missing; a trait with none is NaN)."
+    ins = instrument or self.instrument
+    if ins is None: raise ValueError("These responses carry no Instrument; pass instrument=load_instrument(name).")
+    X = self.to_frame(view, seed)
+    if not set(X.columns) & set(ins.item_ids):
+        raise ValueError(f"None of these responses' items {self.item_ids[:5]}… belong to {ins.name}.")
+    return ins.score(X.reindex(columns=ins.item_ids))   # items not asked count as missing answers
 
-    def subset(self, idx)->Responses:
-        "The responses of some personas (indices or a boolean mask)."
-        idx = np.arange(len(self))[np.asarray(idx)] if np.asarray(idx).dtype == bool else np.asarray(idx, dtype=np.int64)
-        return Responses(self.probs[idx], self.options, self.item_ids, self.valid_mass[idx], [self.persona_ids[i] for i in idx],
-                         self.truncated[idx], self.failures[idx], self.mode, dict(self.meta), self.instrument)
+@patch
+def subset(self:Responses, idx)->Responses:
+    "The responses of some personas (indices or a boolean mask)."
+    idx = np.arange(len(self))[np.asarray(idx)] if np.asarray(idx).dtype == bool else np.asarray(idx, dtype=np.int64)
+    return Responses(self.probs[idx], self.options, self.item_ids, self.valid_mass[idx], [self.persona_ids[i] for i in idx],
+                     self.truncated[idx], self.failures[idx], self.mode, dict(self.meta), self.instrument)
 
-    def save(self, path:str|Path)->Path:
-        "Save as NPZ with the provenance header (model, backend, prompt hash, instrument, parameters)."
-        path = Path(path)
-        if path.suffix.lower() != ".npz": raise ValueError(f"Responses are saved as .npz; got {path}.")
-        ids = self.persona_ids
-        pid = np.asarray(ids, dtype=np.int64) if all(isinstance(i, (int, np.integer)) for i in ids) else np.asarray([str(i) for i in ids])
-        arrs = dict(probs=self.probs, valid_mass=self.valid_mass, options=np.asarray(self.options, dtype=np.int64),
-                    item_ids=np.asarray(self.item_ids), persona_ids=pid, truncated=self.truncated, failures=self.failures,
-                    mode=np.asarray(self.mode))
-        prov = dict(self.meta) if self.meta.get("package") else provenance(**self.meta)
-        return save_artifact(arrs, path, prov)
+# %% ../nbs/05_respond.ipynb #217d4561
+@patch
+def save(self:Responses, path:str|Path)->Path:
+    "Save as NPZ with the provenance header (model, backend, prompt hash, instrument, parameters)."
+    path = Path(path)
+    if path.suffix.lower() != ".npz": raise ValueError(f"Responses are saved as .npz; got {path}.")
+    ids = self.persona_ids
+    pid = np.asarray(ids, dtype=np.int64) if all(isinstance(i, (int, np.integer)) for i in ids) else np.asarray([str(i) for i in ids])
+    arrs = dict(probs=self.probs, valid_mass=self.valid_mass, options=np.asarray(self.options, dtype=np.int64),
+                item_ids=np.asarray(self.item_ids), persona_ids=pid, truncated=self.truncated, failures=self.failures,
+                mode=np.asarray(self.mode))
+    prov = dict(self.meta) if self.meta.get("package") else provenance(**self.meta)
+    return save_artifact(arrs, path, prov)
 
-    @classmethod
-    def load(cls, path:str|Path, instrument:Instrument|str|None=None)->Responses:
-        "Load saved responses; the instrument is reloaded by name when not given (and when its data is available)."
-        a, prov = load_artifact(path)
-        need = {"probs", "valid_mass", "options", "item_ids"}
-        if not need <= set(a): raise ValueError(f"{path} is not a Responses file: it lacks {sorted(need - set(a))}.")
-        ins = instrument
-        if ins is None and prov.get("instrument"):
-            try: ins = load_instrument(prov["instrument"])
-            except Exception: ins = None
-        elif isinstance(ins, str): ins = load_instrument(ins)
-        return cls(a["probs"], a["options"].tolist(), a["item_ids"].tolist(), a["valid_mass"], a["persona_ids"].tolist(),
-                   a.get("truncated"), a.get("failures"), str(a.get("mode", "likert")), prov, ins)
+@patch(cls_method=True)
+def load(cls:Responses, path:str|Path, instrument:Instrument|str|None=None)->Responses:
+    "Load saved responses; the instrument is reloaded by name when not given (and when its data is available)."
+    a, prov = load_artifact(path)
+    need = {"probs", "valid_mass", "options", "item_ids"}
+    if not need <= set(a): raise ValueError(f"{path} is not a Responses file: it lacks {sorted(need - set(a))}.")
+    ins = instrument
+    if ins is None and prov.get("instrument"):
+        try: ins = load_instrument(prov["instrument"])
+        except Exception: ins = None
+    elif isinstance(ins, str): ins = load_instrument(ins)
+    return cls(a["probs"], a["options"].tolist(), a["item_ids"].tolist(), a["valid_mass"], a["persona_ids"].tolist(),
+               a.get("truncated"), a.get("failures"), str(a.get("mode", "likert")), prov, ins)
 
 # %% ../nbs/05_respond.ipynb #177c725b
 def _as_personas(personas, text_column=None, id_column=None)->tuple:
@@ -214,6 +226,30 @@ def _check_options(options:list):
                       "includes every answer that starts with it. Scales with more than 9 options are better asked in "
                       "free-text mode or relabelled.")
 
+# %% ../nbs/05_respond.ipynb #ad614afd
+def _respond_likert(llm, texts, ins, item_ids, system_template, user_template, prefill, options, min_valid_mass, per, verbose)->tuple:
+    "Likert mode of `respond`: (probs (P, I, O), valid mass (P, I)) from the option log-probs, one block of personas per call."
+    P, I, O = len(texts), len(item_ids), len(options)
+    LP = np.empty((P, I, O))
+    with tqdm(total=P, disable=not verbose, desc="respond", unit="persona") as bar:
+        for s in range(0, P, per):
+            block = texts[s:s + per]
+            ps = role_play_prompts(llm, block, ins, item_ids, system_template, user_template, prefill)
+            LP[s:s + len(block)] = llm.option_logprobs(ps, options).reshape(len(block), I, O)
+            bar.update(len(block))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        top = LP.max(-1, keepdims=True)
+        logZ = top[..., 0] + np.log(np.exp(LP - np.where(np.isfinite(top), top, 0)).sum(-1))
+        probs = np.where(np.isfinite(logZ)[..., None], np.exp(LP - logZ[..., None]), np.nan)
+        mass = np.exp(logZ)
+    low = mass < min_valid_mass
+    if low.any():
+        warnings.warn(f"{low.mean():.0%} of the persona × item answers put less than {min_valid_mass:.0%} of the probability "
+                      f"on the options {options[0]}..{options[-1]} (median mass {np.median(mass):.2f}). The model may not "
+                      "answer in the format asked: check the prompt and prefill, or use a stronger instruct model. "
+                      "Responses.valid_mass keeps the raw mass.", ValidMassWarning)
+    return probs, mass
+
 # %% ../nbs/05_respond.ipynb #a3c59382
 def respond(personas,                        # list of persona texts, a Series, or a DataFrame with a text column
             instrument:Instrument|str,       # an Instrument or a name for load_instrument
@@ -251,25 +287,9 @@ def respond(personas,                        # list of persona texts, a Series, 
     item_ids = [it.id for it in its]
     t0 = time.time()
     if mode == "likert":
-        LP = np.empty((P, I, O))
-        with tqdm(total=P, disable=not verbose, desc="respond", unit="persona") as bar:
-            for s in range(0, P, per):
-                block = texts[s:s + per]
-                ps = role_play_prompts(llm, block, ins, item_ids, system_template, user_template, prefill)
-                LP[s:s + len(block)] = llm.option_logprobs(ps, options).reshape(len(block), I, O)
-                bar.update(len(block))
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            top = LP.max(-1, keepdims=True)
-            logZ = top[..., 0] + np.log(np.exp(LP - np.where(np.isfinite(top), top, 0)).sum(-1))
-            probs = np.where(np.isfinite(logZ)[..., None], np.exp(LP - logZ[..., None]), np.nan)
-            mass = np.exp(logZ)
+        probs, mass = _respond_likert(llm, texts, ins, item_ids, system_template, user_template, prefill, options,
+                                      min_valid_mass, per, verbose)
         failures = None
-        low = mass < min_valid_mass
-        if low.any():
-            warnings.warn(f"{low.mean():.0%} of the persona × item answers put less than {min_valid_mass:.0%} of the probability "
-                          f"on the options {options[0]}..{options[-1]} (median mass {np.median(mass):.2f}). The model may not "
-                          "answer in the format asked: check the prompt and prefill, or use a stronger instruct model. "
-                          "Responses.valid_mass keeps the raw mass.", ValidMassWarning)
     else:
         probs, mass, failures = _respond_text(llm, texts, ins, item_ids, system_template, user_template, prefill,
                                               retries, max_answer_tokens, temperature, retry_temperature, seed, per, verbose)
@@ -369,6 +389,7 @@ def synthetic_personas(n:int, seed:int=0, sentences:int=8)->list[str]:
         out.append(" ".join(s))
     return out
 
+# %% ../nbs/05_respond.ipynb #ffa9e232
 def _bench_instrument(n_items:int)->Instrument:
     try: ins = load_instrument("bfi25")
     except Exception:
@@ -378,6 +399,40 @@ def _bench_instrument(n_items:int)->Instrument:
     its = [Item(f"{it.id}_{k}" if k >= len(ins.items) else it.id, it.text, it.trait, it.sign) for k, it in enumerate(its)]
     return Instrument(ins.name, its, ins.scale_min, ins.scale_max, ins.labels, ins.missing_codes)
 
+# %% ../nbs/05_respond.ipynb #b4e08061
+def _raw_forward(llm, prompts, lens, n_personas, n_items)->tuple:
+    "Warm-up, then the raw forward throughput on one long batch (best of 3): (seconds, tokens/s, length, input ids)."
+    import torch
+    with torch.inference_mode():
+        L = min(lens); ids = torch.tensor([llm.encode(p)[:L] for p in prompts[::max(1, n_items)]][:max(1, min(n_personas, 8))], device=llm.device)
+        llm.model(input_ids=ids[:1, :16], logits_to_keep=1)
+        raw_s = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter(); llm.model(input_ids=ids, logits_to_keep=1); raw_s = min(raw_s, time.perf_counter() - t0)
+    raw_tps = ids.numel() / raw_s
+    return raw_s, raw_tps, L, ids
+
+def _adapter_view(llm, adapter:str):
+    "A view of `llm` sharing its weights that scores through the response adapter `adapter`."
+    import copy
+    from popalign.adapter import resolve_adapter
+    v = copy.copy(llm); v.adapter = resolve_adapter(adapter, llm, embedded=getattr(llm, "embedded", False))
+    if v.adapter is None: raise ValueError(f"adapter {adapter!r} resolves to none for {llm.model_id}.")
+    return v
+
+def _print_bench(llm, df, ids, lens, n_personas, n_items):
+    "One line per method (and the raw forward pass) of a `bench_respond` table."
+    import torch
+    print(f"bench respond: {llm.model_id}, {n_personas} personas x {n_items} items, {np.mean(lens):.0f}-token prompts, "
+          f"{torch.get_num_threads()} threads, {llm.device}")
+    for r in df.itertuples():
+        if r.method == "raw_forward":
+            print(f"  {r.method:>11}: {r.tokens_per_s:7.0f} tok/s (one batch of {ids.shape[0]} x {ids.shape[1]} tokens)")
+        else:
+            print(f"  {r.method:>11}: {r.prompts_per_s:6.2f} prompts/s  x{r.speedup:5.2f}  {r.tokens_per_s:7.0f} tok/s "
+                  f"({r.frac_of_raw:4.0%} of raw)  max|dp| {r.max_abs_diff:.1e}  ({r.seconds:.1f} s)")
+
+# %% ../nbs/05_respond.ipynb #8a2fcdfe
 def bench_respond(n_personas:int=4,          # personas
                   n_items:int=10,            # items per persona
                   model:str|None=None,       # model path (default: the embedded model)
@@ -406,21 +461,11 @@ def bench_respond(n_personas:int=4,          # personas
     lens = [len(llm.encode(p)) for p in prompts]
     old = (llm.scoring, llm.batch_size, llm.pack_tokens)
     llm.batch_size = batch_size
-    with torch.inference_mode():   # warm-up, then the raw forward throughput on one long batch (best of 3)
-        L = min(lens); ids = torch.tensor([llm.encode(p)[:L] for p in prompts[::max(1, n_items)]][:max(1, min(n_personas, 8))], device=llm.device)
-        llm.model(input_ids=ids[:1, :16], logits_to_keep=1)
-        raw_s = np.inf
-        for _ in range(3):
-            t0 = time.perf_counter(); llm.model(input_ids=ids, logits_to_keep=1); raw_s = min(raw_s, time.perf_counter() - t0)
-    raw_tps = ids.numel() / raw_s
+    raw_s, raw_tps, L, ids = _raw_forward(llm, prompts, lens, n_personas, n_items)
     best, ref = {}, None
     views = {m: llm for m in methods}
     if adapter is not None:                     # a view sharing the weights, scoring through the adapter
-        import copy
-        from popalign.adapter import resolve_adapter
-        v = copy.copy(llm); v.adapter = resolve_adapter(adapter, llm, embedded=getattr(llm, "embedded", False))
-        if v.adapter is None: raise ValueError(f"adapter {adapter!r} resolves to none for {llm.model_id}.")
-        views["packed+adapter"] = v; methods = list(methods) + ["packed+adapter"]
+        views["packed+adapter"] = _adapter_view(llm, adapter); methods = list(methods) + ["packed+adapter"]
     for _ in range(max(1, int(repeats))):       # rounds interleave the methods, so a busy spell hits all of them
         for m in methods:
             mm = views[m]
@@ -443,15 +488,7 @@ def bench_respond(n_personas:int=4,          # personas
     df = pd.concat([df, pd.DataFrame([dict(method="raw_forward", personas=n_personas, items=n_items, prompts=0, prompt_tokens=float(L),
                                            seconds=raw_s, tokens_computed=int(ids.numel()), tokens_per_s=raw_tps, frac_of_raw=1.0)])],
                    ignore_index=True)
-    if verbose:
-        print(f"bench respond: {llm.model_id}, {n_personas} personas x {n_items} items, {np.mean(lens):.0f}-token prompts, "
-              f"{torch.get_num_threads()} threads, {llm.device}")
-        for r in df.itertuples():
-            if r.method == "raw_forward":
-                print(f"  {r.method:>11}: {r.tokens_per_s:7.0f} tok/s (one batch of {ids.shape[0]} x {ids.shape[1]} tokens)")
-            else:
-                print(f"  {r.method:>11}: {r.prompts_per_s:6.2f} prompts/s  x{r.speedup:5.2f}  {r.tokens_per_s:7.0f} tok/s "
-                      f"({r.frac_of_raw:4.0%} of raw)  max|dp| {r.max_abs_diff:.1e}  ({r.seconds:.1f} s)")
+    if verbose: _print_bench(llm, df, ids, lens, n_personas, n_items)
     return df
 
 # %% ../nbs/05_respond.ipynb #1d116588

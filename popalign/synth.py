@@ -18,158 +18,21 @@ from .ask import ask, json_object, describe_llm
 from .taxonomy import (SEP, ANCHORS, STRATA, Taxonomy, TreeIndex, load_taxonomy, get_taxonomy, check_strata,
                                get_embedder, describe_embedder, embed, select_attributes)
 from .anchors import load_value_tables, sample_anchors
+from .synth_prompts import (SYNTH_PROMPTS, render_prompt, synth_prompt_hashes, parse_fill, parse_anchor,
+                                    parse_narrative, render_narrative)
 
 # %% auto #0
-__all__ = ['SYNTH_PROMPTS', 'render_prompt', 'synth_prompt_hashes', 'parse_fill', 'parse_anchor', 'parse_narrative',
-           'render_narrative', 'anchor_context', 'synthesize', 'merge_names', 'merge_paths', 'build_taxonomy',
-           'attribute_stats', 'pairwise_similarity', 'mean_cosine_similarity', 'uniqueness', 'synth_cli']
+__all__ = ['anchor_context', 'synthesize', 'merge_names', 'merge_paths', 'build_taxonomy', 'attribute_stats',
+           'pairwise_similarity', 'mean_cosine_similarity', 'uniqueness', 'synth_cli', 'SYNTH_PROMPTS', 'render_prompt',
+           'synth_prompt_hashes', 'parse_fill', 'parse_anchor', 'parse_narrative', 'render_narrative']
 
-# %% ../nbs/09_synth.ipynb #eb49cf50
-SYNTH_PROMPTS = {
-"taxonomy": '''You are building a taxonomy of human attributes for synthetic personas.
-A person asked an AI assistant this question:
-"""
-{question}
-"""
-Which attributes of this person would an answer personalized to them need to know? List 3 to 8 such attributes.
-Give each a path: a domain (exactly one of: {domains}), a category inside that domain (1 to 4 words), and an attribute name (1 to 5 words; general, never a brand, product or specific instance), plus 3 to 6 short example values.
-Answer with one JSON object and nothing else:
-{"attributes": [{"domain": "...", "category": "...", "attribute": "...", "values": ["...", "..."]}]}''',
+# %% ../nbs/09_synth.ipynb #a93b0b71
+_all_ = ["SYNTH_PROMPTS", "render_prompt", "synth_prompt_hashes", "parse_fill", "parse_anchor", "parse_narrative", "render_narrative"]
 
-"personal values": '''You are creating a realistic, specific, non-stereotypical synthetic person.
-The person so far:
-{profile}
-Which 2 or 3 personal values guide this person most? Infer them from the facts above; avoid the most obvious choice.
-Answer with one JSON object and nothing else:
-{"personal values": ["...", "..."]}''',
-
-"life attitude": '''You are creating a realistic, specific, non-stereotypical synthetic person.
-The person so far:
-{profile}
-Describe this person's attitude to life in one short phrase that follows from their values and circumstances.
-Answer with one JSON object and nothing else:
-{"life attitude": "..."}''',
-
-"personal story": '''You are creating a realistic, specific, non-stereotypical synthetic person.
-The person so far:
-{profile}
-Invent 1 to 3 short, concrete, salient events from this person's life story (one sentence each) that fit everything above. Not every life is happy or successful.
-Answer with one JSON object and nothing else:
-{"personal story": ["...", "..."]}''',
-
-"hobbies and interests": '''You are creating a realistic, specific, non-stereotypical synthetic person.
-The person so far:
-{profile}
-From the life story and circumstances above, derive 2 to 5 hobbies and interests this person actually has.
-Answer with one JSON object and nothing else:
-{"hobbies and interests": ["...", "..."]}''',
-
-"fill": '''You are creating a realistic, specific, non-stereotypical synthetic person.
-The person so far (JSON):
-{profile}
-Give this same person a value for each attribute listed below. Each value must fit everything above, be concrete (a short phrase, not an explanation), and avoid clichés; unusual but plausible values are welcome.
-Attributes to fill:
-{attributes}
-Answer with one JSON object whose keys are exactly the attribute names listed above and whose values are short strings, and nothing else.''',
-
-"narrative": '''Write a narrative portrait of the person described by the profile below: one to three paragraphs in the third person, about {words} words, weaving in the most telling attributes. Do not contradict the profile, do not give the person a name, and do not use headings or lists.
-Profile (JSON):
-{profile}
-Portrait:''',
-}
-
-# %% ../nbs/09_synth.ipynb #6070d025
-def render_prompt(name:str, **fields)->str:
-    "Fill a synth prompt template in one pass (unknown placeholders and braces inside the values are left alone)."
-    if name not in SYNTH_PROMPTS: raise KeyError(f"No synth prompt named '{name}'; known: {sorted(SYNTH_PROMPTS)}.")
-    return re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), SYNTH_PROMPTS[name])
-
-def synth_prompt_hashes(names=None)->dict[str, str]:
-    "`text_hash` of each synth prompt template, for provenance."
-    return {k: text_hash(SYNTH_PROMPTS[k]) for k in (names or SYNTH_PROMPTS)}
-
+# %% ../nbs/09_synth.ipynb #ad7e7037
 def _chat(llm, text:str)->str:
     f = getattr(llm, "format_chat", None)
     return f(None, text) if callable(f) else text
-
-# %% ../nbs/09_synth.ipynb #d5d7dc85
-def _as_value(v, where:str)->str:
-    if isinstance(v, bool) or v is None: raise ValueError(f"value of '{where}' must be a string; got {v!r}")
-    if isinstance(v, (int, float)): return str(v)
-    if isinstance(v, str):
-        if not v.strip(): raise ValueError(f"value of '{where}' is empty")
-        return v.strip()
-    if isinstance(v, list) and v and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) and str(x).strip() for x in v):
-        return "; ".join(str(x).strip() for x in v)
-    raise ValueError(f"value of '{where}' must be a string; got {type(v).__name__}")
-
-def _norm_key(k:str)->str: return re.sub(r"\s+", " ", str(k)).strip().casefold()
-
-def parse_fill(answer:str,    # the LLM's answer
-               keys:list[str], # attribute paths asked for
-              )->dict[str, str]:
-    "{path: value} from a fill answer; ValueError unless every asked attribute has a non-empty string value."
-    o = json_object(answer)
-    got = {_norm_key(k): v for k, v in o.items()}
-    last = {}
-    for k in keys: last.setdefault(_norm_key(k.split(SEP)[-1]), []).append(k)
-    out = {}
-    for k in keys:
-        v = got.get(_norm_key(k))
-        if v is None and len(last[_norm_key(k.split(SEP)[-1])]) == 1: v = got.get(_norm_key(k.split(SEP)[-1]))
-        if v is None: raise KeyError(f"missing attribute '{k}'")
-        out[k] = _as_value(v, k)
-    return out
-
-# %% ../nbs/09_synth.ipynb #3783427f
-def parse_anchor(answer:str, key:str, kmin:int|None=None, kmax:int|None=None):
-    "The value of one LLM-written anchor: a list of kmin..kmax strings when kmin is given, else one string."
-    o = json_object(answer)
-    if key not in o: raise KeyError(f"missing key '{key}'")
-    v = o[key]
-    if kmin is None: return _as_value(v, key)
-    if not isinstance(v, list) or not kmin <= len(v) <= kmax:
-        raise ValueError(f"'{key}' must be a list of {kmin} to {kmax} strings; got {v!r:.80}")
-    return [_as_value(x, key) for x in v]
-
-def parse_narrative(answer:str, min_words:int=30)->str:
-    "A narrative answer: prose of at least `min_words` words (not JSON, not empty)."
-    t = str(answer).strip()
-    if t.startswith("{") or t.startswith("["): raise ValueError("the narrative is JSON, not prose")
-    if len(t.split()) < min_words: raise ValueError(f"the narrative has {len(t.split())} words; at least {min_words} needed")
-    return t
-
-# %% ../nbs/09_synth.ipynb #98dbe159
-def _article(w)->str:
-    "'a' or 'an' before a word or a number (an 18-year-old, an 80-year-old, an engineer, a university lecturer)."
-    w = str(w)
-    if w[:1].isdigit(): return "an" if w.startswith("8") or w in ("11", "18") or re.match(r"(11|18)\d\d\d$", w) else "a"
-    return "an" if re.match(r"(?i)([aeio]|u(?!ni)|hvac\b|it\b|x-ray)", w) else "a"
-
-def _join(v)->str:
-    if isinstance(v, (list, tuple)): return "; ".join(str(x) for x in v)
-    return str(v)
-
-def render_narrative(attributes:dict,             # {anchor name or attribute path: value}, anchors first
-                     statuses:dict|None=None,     # {occupation status: phrase}, e.g. {"retired": "is retired"}
-                    )->str:
-    "Deterministic narrative of a persona: demographics sentence, anchor lines, one line per domain."
-    statuses = statuses if statuses is not None else load_value_tables()["shared"]["occupation_statuses"]
-    a = attributes
-    lines = []
-    if all(k in a for k in ("age", "gender", "location", "occupation")):
-        occ = str(a["occupation"])
-        job = statuses.get(occ) or f"works as {_article(occ)} {occ}"
-        lines.append(f"{_article(a['age']).capitalize()} {a['age']}-year-old {a['gender']} who lives in {a['location']} and {job}.")
-    for k in ANCHORS[4:]:
-        if k in a: lines.append(f"{k.capitalize()}: {_join(a[k])}.")
-    by_dom = {}
-    for k, v in a.items():
-        if k in ANCHORS or k in ("age", "gender", "location", "occupation"): continue
-        parts = k.split(SEP)
-        by_dom.setdefault(parts[0] if len(parts) > 1 else "Other", []).append(f"{parts[-1]}: {_join(v)}")
-    for d, items in by_dom.items(): lines.append(f"{d}: " + "; ".join(items) + ".")
-    return "\n".join(lines)
 
 # %% ../nbs/09_synth.ipynb #a2e11366
 def anchor_context(anchors:list[dict], # one {anchor: value} dict per persona (the same keys in the same order)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from ..core import cache_dir, text_hash
@@ -88,22 +89,6 @@ class ResponseCache:
             try: return fn()
             except sqlite3.DatabaseError: return fallback
 
-    def _set_aside(self, err):
-        "Move a damaged database (and its WAL files) to <name>.corrupt-<time> and start an empty one."
-        c = getattr(self._local, "conn", None)
-        if c is not None:
-            try: c.close()
-            except Exception: pass
-        self._local = threading.local()
-        bad = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        for suf in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suf)
-            if src.exists(): os.replace(src, Path(str(bad) + suf))
-        warnings.warn(f"The LLM response cache {self.path} is damaged ({err}); it was moved to {bad} and an empty cache "
-                      "started: answers are recomputed, nothing else is lost.", RuntimeWarning, stacklevel=3)
-        self._retry(lambda c: c.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
-                                        "kind TEXT, created REAL, sum TEXT)"))
-
     def _conn(self)->sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None or getattr(self._local, "pid", None) != os.getpid():
@@ -129,39 +114,60 @@ class ResponseCache:
         for p in parts: h.update(json.dumps(p, sort_keys=True, default=str).encode()); h.update(b"\x1f")
         return h.hexdigest()
 
-    def get_many(self, keys:Sequence[str])->dict:
-        "The stored values of those keys that are present and intact (a value whose checksum fails is not served)."
-        out, keys, bad = {}, list(dict.fromkeys(keys)), []
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i+500]
-            q = f"SELECT key, value, sum FROM responses WHERE key IN ({','.join('?'*len(chunk))})"
-            rows = self._guard(lambda: self._retry(lambda c: c.execute(q, chunk).fetchall()), fallback=[])
-            for k, v, sm in rows:
-                try:
-                    if sm is not None and sm != self._sum(v): raise ValueError("checksum mismatch")
-                    out[k] = json.loads(v)
-                except ValueError as e: bad.append((k, str(e)))
-        if bad:
-            warnings.warn(f"{len(bad)} damaged value(s) in the response cache {self.path} were not served and will be "
-                          f"recomputed (first: key {bad[0][0][:16]}…, {bad[0][1]}).", RuntimeWarning, stacklevel=2)
-        return out
-
-    def put_many(self, items:dict, kind:str="")->None:
-        "Store several values in one transaction (retried while the database is locked)."
-        if not items: return
-        rows = [(k, j, kind, time.time(), self._sum(j)) for k, j in ((k, json.dumps(v)) for k, v in items.items())]
-        def tx(c):
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany("INSERT OR REPLACE INTO responses (key, value, kind, created, sum) VALUES (?, ?, ?, ?, ?)", rows)
-                c.execute("COMMIT")
-            except BaseException: c.execute("ROLLBACK"); raise
-        self._guard(lambda: self._retry(tx))
-
     def __len__(self): return self._retry(lambda c: c.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
     def __contains__(self, key): return bool(self.get_many([key]))
     def clear(self): self._retry(lambda c: c.execute("DELETE FROM responses"))
     def __repr__(self): return f"ResponseCache({str(self.path)!r})"
+
+# %% ../../nbs/04_llm.ipynb #d69c12b8
+@patch
+def _set_aside(self:ResponseCache, err):
+    "Move a damaged database (and its WAL files) to <name>.corrupt-<time> and start an empty one."
+    c = getattr(self._local, "conn", None)
+    if c is not None:
+        try: c.close()
+        except Exception: pass
+    self._local = threading.local()
+    bad = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    for suf in ("", "-wal", "-shm"):
+        src = Path(str(self.path) + suf)
+        if src.exists(): os.replace(src, Path(str(bad) + suf))
+    warnings.warn(f"The LLM response cache {self.path} is damaged ({err}); it was moved to {bad} and an empty cache "
+                  "started: answers are recomputed, nothing else is lost.", RuntimeWarning, stacklevel=3)
+    self._retry(lambda c: c.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+                                    "kind TEXT, created REAL, sum TEXT)"))
+
+# %% ../../nbs/04_llm.ipynb #4186f666
+@patch
+def get_many(self:ResponseCache, keys:Sequence[str])->dict:
+    "The stored values of those keys that are present and intact (a value whose checksum fails is not served)."
+    out, keys, bad = {}, list(dict.fromkeys(keys)), []
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i+500]
+        q = f"SELECT key, value, sum FROM responses WHERE key IN ({','.join('?'*len(chunk))})"
+        rows = self._guard(lambda: self._retry(lambda c: c.execute(q, chunk).fetchall()), fallback=[])
+        for k, v, sm in rows:
+            try:
+                if sm is not None and sm != self._sum(v): raise ValueError("checksum mismatch")
+                out[k] = json.loads(v)
+            except ValueError as e: bad.append((k, str(e)))
+    if bad:
+        warnings.warn(f"{len(bad)} damaged value(s) in the response cache {self.path} were not served and will be "
+                      f"recomputed (first: key {bad[0][0][:16]}…, {bad[0][1]}).", RuntimeWarning, stacklevel=2)
+    return out
+
+@patch
+def put_many(self:ResponseCache, items:dict, kind:str="")->None:
+    "Store several values in one transaction (retried while the database is locked)."
+    if not items: return
+    rows = [(k, j, kind, time.time(), self._sum(j)) for k, j in ((k, json.dumps(v)) for k, v in items.items())]
+    def tx(c):
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("INSERT OR REPLACE INTO responses (key, value, kind, created, sum) VALUES (?, ?, ?, ?, ?)", rows)
+            c.execute("COMMIT")
+        except BaseException: c.execute("ROLLBACK"); raise
+    self._guard(lambda: self._retry(tx))
 
 # %% ../../nbs/04_llm.ipynb #2ade215a
 def _as_prompts(prompts, name="prompts")->list:
@@ -256,69 +262,75 @@ class LLM:
             else: hi = mid - 1
         return text[:lo]
 
-    # -- public protocol
-    def generate(self, prompts:Sequence[str],  # rendered prompts (see `format_chat`)
-                 max_tokens:int=256,           # new tokens at most
-                 temperature:float=0.0,        # 0 = greedy
-                 seed:int=0,                   # sampling seed (each prompt gets `prompt_seed(seed, prompt)`)
-                 stop:str|Sequence[str]|None=None, # stop strings (cut from the output)
-                 verbose:bool=False,           # progress bar
-                )->list[str]:
-        "Generate one continuation per prompt (cached; only missing prompts reach the backend)."
-        prompts = _as_prompts(prompts)
-        if int(max_tokens) < 1: raise ValueError(f"max_tokens must be >= 1; got {max_tokens}.")
-        if not temperature >= 0: raise ValueError(f"temperature must be >= 0; got {temperature}.")
-        stop = [stop] if isinstance(stop, str) else list(stop or [])
-        greedy = float(temperature) == 0.0
-        params = dict(max_tokens=int(max_tokens), temperature=float(temperature), seed=None if greedy else int(seed), stop=stop)
-        keys = [ResponseCache.key("gen", self.backend, self.model_id, self._key_params(), p, params) for p in prompts]
-        seeds = [None if greedy else prompt_seed(int(seed), p) for p in prompts]
-        out = self._cached_run(keys, prompts, "gen", verbose,
-                               lambda idx: self._generate([prompts[i] for i in idx], int(max_tokens), float(temperature),
-                                                          [seeds[i] for i in idx], stop))
-        return [_truncate_at_stop(o, stop) for o in out]
-
-    def option_logprobs(self, prompts:Sequence[str], # rendered prompts
-                        options:Sequence[str],       # continuations to score, e.g. ["1", "2", "3", "4", "5"]
-                        verbose:bool=False,          # progress bar
-                       )->np.ndarray:                # (n_prompts, n_options) log p(option | prompt)
-        "Log-probability of each option string as the continuation of each prompt (cached)."
-        prompts, options = _as_prompts(prompts), _as_options(options)
-        keys = [ResponseCache.key("lp", self.backend, self.model_id, self._key_params(), p, options) for p in prompts]
-        def run(idx):
-            A = np.asarray(self._option_logprobs([prompts[i] for i in idx], options), dtype=np.float64)
-            if A.shape != (len(idx), len(options)):
-                raise RuntimeError(f"{self.backend} backend returned shape {A.shape}; expected {(len(idx), len(options))}.")
-            return [list(map(float, r)) for r in A]
-        out = self._cached_run(keys, prompts, "lp", verbose, run)
-        return np.array(out, dtype=np.float64).reshape(len(prompts), len(options))
-
-    def _cached_run(self, keys, prompts, kind, verbose, fn)->list:
-        self.stats["generate_calls" if kind == "gen" else "score_calls"] += 1
-        got = self.cache.get_many(keys) if self.cache is not None else {}
-        first = {}
-        for i, k in enumerate(keys):
-            if k not in got: first.setdefault(k, i)
-        todo = sorted(first.values())
-        self.stats["cache_hits"] += len(keys) - len(todo)
-        with tqdm(total=len(todo), disable=not verbose or not todo, desc=f"{self.backend} {kind}") as bar:
-            pace = getattr(self, "_pace", None)       # (prompts, seconds) of the last call; none yet: a small first call measures it
-            s, size = 0, flush_size(*pace, self.chunk_size, self.flush_seconds) if pace else min(self.chunk_size, 8)
-            while s < len(todo):
-                idx = todo[s:s+size]; t0 = time.perf_counter()
-                res = fn(idx)
-                new = {keys[i]: r for i, r in zip(idx, res)}
-                if self.cache is not None: self.cache.put_many(new, kind)
-                got.update(new)
-                self.stats["generated" if kind == "gen" else "scored"] += len(idx)
-                bar.update(len(idx)); s += len(idx)
-                self._pace = (len(idx), time.perf_counter() - t0)
-                size = flush_size(*self._pace, self.chunk_size, self.flush_seconds)
-        return [got[k] for k in keys]
-
     # -- backends implement these
     def _generate(self, prompts, max_tokens, temperature, seeds, stop)->list[str]: raise NotImplementedError
     def _option_logprobs(self, prompts, options)->np.ndarray: raise NotImplementedError
+
+# %% ../../nbs/04_llm.ipynb #ddccbfc9
+# -- public protocol
+@patch
+def generate(self:LLM, prompts:Sequence[str],  # rendered prompts (see `format_chat`)
+             max_tokens:int=256,           # new tokens at most
+             temperature:float=0.0,        # 0 = greedy
+             seed:int=0,                   # sampling seed (each prompt gets `prompt_seed(seed, prompt)`)
+             stop:str|Sequence[str]|None=None, # stop strings (cut from the output)
+             verbose:bool=False,           # progress bar
+            )->list[str]:
+    "Generate one continuation per prompt (cached; only missing prompts reach the backend)."
+    prompts = _as_prompts(prompts)
+    if int(max_tokens) < 1: raise ValueError(f"max_tokens must be >= 1; got {max_tokens}.")
+    if not temperature >= 0: raise ValueError(f"temperature must be >= 0; got {temperature}.")
+    stop = [stop] if isinstance(stop, str) else list(stop or [])
+    greedy = float(temperature) == 0.0
+    params = dict(max_tokens=int(max_tokens), temperature=float(temperature), seed=None if greedy else int(seed), stop=stop)
+    keys = [ResponseCache.key("gen", self.backend, self.model_id, self._key_params(), p, params) for p in prompts]
+    seeds = [None if greedy else prompt_seed(int(seed), p) for p in prompts]
+    out = self._cached_run(keys, prompts, "gen", verbose,
+                           lambda idx: self._generate([prompts[i] for i in idx], int(max_tokens), float(temperature),
+                                                      [seeds[i] for i in idx], stop))
+    return [_truncate_at_stop(o, stop) for o in out]
+
+# %% ../../nbs/04_llm.ipynb #547357f7
+@patch
+def option_logprobs(self:LLM, prompts:Sequence[str], # rendered prompts
+                    options:Sequence[str],       # continuations to score, e.g. ["1", "2", "3", "4", "5"]
+                    verbose:bool=False,          # progress bar
+                   )->np.ndarray:                # (n_prompts, n_options) log p(option | prompt)
+    "Log-probability of each option string as the continuation of each prompt (cached)."
+    prompts, options = _as_prompts(prompts), _as_options(options)
+    keys = [ResponseCache.key("lp", self.backend, self.model_id, self._key_params(), p, options) for p in prompts]
+    def run(idx):
+        A = np.asarray(self._option_logprobs([prompts[i] for i in idx], options), dtype=np.float64)
+        if A.shape != (len(idx), len(options)):
+            raise RuntimeError(f"{self.backend} backend returned shape {A.shape}; expected {(len(idx), len(options))}.")
+        return [list(map(float, r)) for r in A]
+    out = self._cached_run(keys, prompts, "lp", verbose, run)
+    return np.array(out, dtype=np.float64).reshape(len(prompts), len(options))
+
+# %% ../../nbs/04_llm.ipynb #84936789
+@patch
+def _cached_run(self:LLM, keys, prompts, kind, verbose, fn)->list:
+    self.stats["generate_calls" if kind == "gen" else "score_calls"] += 1
+    got = self.cache.get_many(keys) if self.cache is not None else {}
+    first = {}
+    for i, k in enumerate(keys):
+        if k not in got: first.setdefault(k, i)
+    todo = sorted(first.values())
+    self.stats["cache_hits"] += len(keys) - len(todo)
+    with tqdm(total=len(todo), disable=not verbose or not todo, desc=f"{self.backend} {kind}") as bar:
+        pace = getattr(self, "_pace", None)       # (prompts, seconds) of the last call; none yet: a small first call measures it
+        s, size = 0, flush_size(*pace, self.chunk_size, self.flush_seconds) if pace else min(self.chunk_size, 8)
+        while s < len(todo):
+            idx = todo[s:s+size]; t0 = time.perf_counter()
+            res = fn(idx)
+            new = {keys[i]: r for i, r in zip(idx, res)}
+            if self.cache is not None: self.cache.put_many(new, kind)
+            got.update(new)
+            self.stats["generated" if kind == "gen" else "scored"] += len(idx)
+            bar.update(len(idx)); s += len(idx)
+            self._pace = (len(idx), time.perf_counter() - t0)
+            size = flush_size(*self._pace, self.chunk_size, self.flush_seconds)
+    return [got[k] for k in keys]
 
 # %% ../../nbs/04_llm.ipynb #fa7d8daf
 def _default_logprobs(prompt:str, options:list)->list:
