@@ -273,6 +273,7 @@ def paper_plan(names:list|None=None, # notebooks to run (None: all)
         (run if not quick or "quick" in papers[n] else skipped).append(n)
     return run, [(n, "no quick mode (a `quick` parameter) yet") for n in skipped]
 
+# %% ../nbs/17_cli.ipynb #dffd4d20
 def _quick_dirs(a):
     "Where a run writes: --quick keeps its throw-away outputs under runs/_quick/ (tables/ and figures/ hold real runs only)."
     if not a.quick: return a.runs, a.tables, a.figures
@@ -295,6 +296,7 @@ def _cmd_paper_all(a):
     print(f"ran {len(run)} paper notebooks in {time.time() - t0:.0f}s; skipped {len(skipped)}")
     return 0
 
+# %% ../nbs/17_cli.ipynb #19a9f07d
 def _cmd_paper(a):
     if a.all: return _cmd_paper_all(a)
     if a.quick and a.name:
