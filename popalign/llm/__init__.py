@@ -7,7 +7,7 @@ __all__ = []
 
 # %% ../../nbs/04e_llm_init.ipynb #1f69444d
 from .base import (
-    CHATML_TEMPLATE, PLAIN_TEMPLATE, render_chat, ResponseCache, prompt_seed, LLM, ScriptedLLM)
+    CHATML_TEMPLATE, PLAIN_TEMPLATE, render_chat, ResponseCache, prompt_seed, flush_size, LLM, ScriptedLLM)
 from .hf import (
     EMBEDDED_PACKAGE, EMBEDDED_MODULE, CONVERTED_MARK, SCORING_METHODS, embedded_model_path, model_fingerprint,
     converted_dir, load_gguf, load_hf_model, common_prefix, TokenizerMixin, TransformersLLM)
@@ -19,7 +19,7 @@ from .settings import (
     BACKENDS, SETTINGS_FILES, SETTINGS_ENV, load_llm, Settings, load_llm_from_settings)
 
 __all__ = [
-    "CHATML_TEMPLATE", "PLAIN_TEMPLATE", "render_chat", "ResponseCache", "prompt_seed", "LLM", "ScriptedLLM",
+    "CHATML_TEMPLATE", "PLAIN_TEMPLATE", "render_chat", "ResponseCache", "prompt_seed", "flush_size", "LLM", "ScriptedLLM",
     "EMBEDDED_PACKAGE", "EMBEDDED_MODULE", "CONVERTED_MARK", "SCORING_METHODS", "embedded_model_path",
     "model_fingerprint", "converted_dir", "load_gguf", "load_hf_model", "common_prefix", "TokenizerMixin",
     "TransformersLLM", "load_chat_template", "OpenAILLM", "LLMServer", "serve", "vllm_lora", "VLLMLLM",
