@@ -35,9 +35,11 @@ def test_fig_reference_writes_png_and_csv(tmp_path):
     r = run("paper", "fig_reference", "-p", "reference", "bfi", "-p", "n_list", "[100, 400]", "-p", "reps", "3",
             "--runs", str(tmp_path/"runs"), "--figures", str(tmp_path/"fig"), "--tables", str(tmp_path/"tab"))
     assert (tmp_path/"runs"/"fig_reference"/"fig_reference.ipynb").exists()
-    pngs = list((tmp_path/"fig").glob("*.png")); csvs = list((tmp_path/"tab").glob("*.csv"))
+    pngs = list((tmp_path/"fig").glob("*.png")); csvs = list((tmp_path/"tab").glob("noise_floor_*.csv"))
     assert pngs and csvs, r.stdout
     floor = pd.read_csv(csvs[0])
+    lfl = pd.read_csv(tmp_path/"tab"/"floor_like_for_like_bfi.csv", index_col=0)   # measured twice, from disjoint people
+    assert (lfl["floor from A"] > 0).all() and (lfl["floor from B"] > 0).all() and (lfl["sd A"] > 0).all()
     assert set(floor["n"]) == {100, 400}
     assert (floor["mean"] > 0).all() and floor["mean"].notna().all()
     # the floor shrinks with n for a consistent metric such as AMW
