@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'read_lines', 'iter_lines', 'warn_fallback',
-           'package_file', 'data_roots', 'find_data', 'has_data', 'check_rng', 'spawn_seeds', 'ConvergenceWarning',
-           'check_array', 'renamed_arg', 'require', 'provenance', 'text_hash', 'save_artifact', 'load_artifact',
-           'fingerprint', 'stage_done', 'run_stage', 'check_stage_io', 'runs_dir', 'cache_dir', 'rdata_table']
+__all__ = ['PACKAGE_VERSION', 'REPO_ROOT', 'PACKAGE_DATA', 'DATA_HELP', 'EXTRAS', 'read_lines', 'iter_lines', 'first_few',
+           'warn_fallback', 'package_file', 'data_roots', 'find_data', 'has_data', 'check_rng', 'spawn_seeds',
+           'ConvergenceWarning', 'check_array', 'renamed_arg', 'require', 'provenance', 'text_hash', 'save_artifact',
+           'load_artifact', 'fingerprint', 'stage_done', 'run_stage', 'check_stage_io', 'runs_dir', 'cache_dir',
+           'rdata_table']
 
 # %% ../nbs/00_core.ipynb #435cb9d3
 def __version__():
@@ -49,11 +50,16 @@ def iter_lines(path:str|Path, fallback:str="latin-1",
                 if bad is not None: bad.append(ln)
             yield text
 
+def first_few(xs, k:int=5)->str:
+    "The first `k` of `xs` as a list, with ' …' when there are more: how messages name lines, rows and records."
+    xs = list(xs)
+    return f"{xs[:k]}{' …' if len(xs) > k else ''}"
+
 def warn_fallback(path, bad:list, n_lines:int, fallback:str="latin-1", stacklevel:int=2):
     "Say which lines of `path` were not UTF-8 (nothing when `bad` is empty)."
     if bad:
         warnings.warn(f"{path}: {len(bad)} of {n_lines} lines are not valid UTF-8 and were read as {fallback} "
-                      f"(lines {bad[:5]}{' …' if len(bad) > 5 else ''}); every other line is UTF-8.", stacklevel=stacklevel)
+                      f"(lines {first_few(bad)}); every other line is UTF-8.", stacklevel=stacklevel)
 
 def package_file(name:str, # path inside popalign/data/, e.g. "synth/taxonomy.yaml"
                 )->Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import text_hash, load_artifact, fingerprint, run_stage
+from .core import text_hash, load_artifact, fingerprint, run_stage, first_few
 from .prompts import PROMPTS, PREFILLS, CRITIC_DEFINITIONS, render, prompt_hashes
 from .ask import ANSWER_MODES, ask, choose, json_object, describe_llm
 
@@ -93,7 +93,7 @@ def critique(personas:pd.DataFrame,      # persona table with `text` (and `sourc
     else: sources = [str(s)[:max_source_chars] for s in personas[source_col].fillna("")]
     if answer not in ANSWER_MODES: raise ValueError(f"answer must be one of {ANSWER_MODES}; got {answer!r}.")
     bad = [i for i, t in enumerate(personas["text"]) if not isinstance(t, str) or not t.strip()]
-    if bad: raise ValueError(f"{len(bad)} persona(s) have no text (records {[i + 1 for i in bad[:5]]}{' …' if len(bad) > 5 else ''}, counting from 1); "
+    if bad: raise ValueError(f"{len(bad)} persona(s) have no text (records {first_few(i + 1 for i in bad)}, counting from 1); "
                              "drop them before the critic: a missing text is not a persona to score.")
     texts = personas["text"].tolist()
     extra = {}

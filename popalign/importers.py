@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core import fingerprint, run_stage, iter_lines, warn_fallback
+from .core import fingerprint, run_stage, iter_lines, warn_fallback, first_few
 
 # %% auto #0
 __all__ = ['TEXT_CANDIDATES', 'NEMOTRON_TEXT_FIELDS', 'NEMOTRON_DEMOGRAPHICS', 'detect_layout', 'read_personas', 'import_cli']
@@ -141,9 +141,8 @@ def read_personas(path:str|Path,          # file or folder of shards
         if c in df: out[c] = df[c].values
     empty = out["text"].map(lambda t: not isinstance(t, str) or not t.strip())
     if empty.any():   # a record without usable text is a counted skip, said out loud, never a persona
-        rows = [int(i) + 1 for i in np.flatnonzero(empty.to_numpy())[:5]]
         warnings.warn(f"{path}: {int(empty.sum())} of {len(out)} records have no usable text (column '{getattr(text, 'name', None) or 'text'}') and "
-                      f"were skipped (records {rows}{' …' if empty.sum() > 5 else ''}, counting from 1).", stacklevel=2)
+                      f"were skipped (records {first_few(int(i) + 1 for i in np.flatnonzero(empty.to_numpy()))}, counting from 1).", stacklevel=2)
     out = out[~empty].reset_index(drop=True)
     out.attrs["skipped"] = {"empty text": int(empty.sum())} if empty.any() else {}
     out.attrs["layout"] = layout

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import find_data, has_data, rdata_table, package_file
+from .core import find_data, has_data, rdata_table, package_file, first_few
 
 # %% auto #0
 __all__ = ['IPIP50_KEYS', 'BIG5_NAMES', 'BFI25_KEYS', 'BFI25_LABELS', 'CFCS_KEYS', 'CFCS_NAMES', 'GRIT_TEXTS', 'GRIT_KEYS',
@@ -216,7 +216,7 @@ def from_codebook(cls:Instrument,
     absent = [k for k in kmap if k not in texts]
     if absent:
         raise ValueError(f"{path}: the key names items that the codebook does not list: {absent}. "
-                         f"Items found there: {list(texts)[:20]}{' …' if len(texts) > 20 else ''}.")
+                         f"Items found there: {first_few(texts, 20)}.")
     if labels is None:
         labels = {k: v for k, v in parse_scale_labels(_read_text(path), labels_line).items() if k not in missing_codes}
     if scale is None:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .core import find_data, read_lines
+from .core import find_data, read_lines, first_few
 from .reference import decode_utf7
 
 # %% auto #0
@@ -231,7 +231,7 @@ def read_jsonl_corpus(path:str|Path, # JSONL with author_id, text and an optiona
         rows.append({**{k: v for k, v in meta.items() if k not in ("author_id", "text", "segment_id", "source")},
                      "author_id": str(r["author_id"]), "text": str(r["text"]).strip(),
                      "segment_id": str(r.get("segment_id") or f"{path.name if isinstance(path, Path) else Path(path).name}:{ln}")})
-    said = "; ".join(f"{k}: {len(v)} (lines {v[:5]}{' …' if len(v) > 5 else ''})" for k, v in at.items())
+    said = "; ".join(f"{k}: {len(v)} (lines {first_few(v)})" for k, v in at.items())
     if not rows: raise ValueError(f"{path}: no usable line (need {{'author_id', 'text'}} per line); skipped: {said or dict(skipped)}.")
     if at: warnings.warn(f"{path}: {sum(map(len, at.values()))} of {len(lines)} lines skipped — {said}.", stacklevel=2)
     df = pd.DataFrame(rows)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import find_data, has_data, check_rng, DATA_HELP, rdata_table
+from .core import find_data, has_data, check_rng, DATA_HELP, rdata_table, first_few
 from .instruments import (Item, Instrument, INSTRUMENTS, load_instrument, parse_codebook, parse_keys,
                                   IPIP50_KEYS, GRIT_KEYS, CFCS_KEYS)
 
@@ -228,7 +228,7 @@ def _assemble(raw:pd.DataFrame, inst:Instrument, *, name:str, source:str, missin
 def _check_rows(keep:np.ndarray, why:dict, where:str, n:int, warn:bool, first:int=5):
     "Refuse a reference with no usable row; with `warn`, name the file lines of dropped rows (first few per reason)."
     lines = {k: (np.flatnonzero(m) + 2).tolist() for k, m in why.items() if np.any(m)}   # +2: 1-based, after the header line
-    said = "; ".join(f"{k}: {len(v):,} (lines {v[:first]}{' …' if len(v) > first else ''})" for k, v in lines.items())
+    said = "; ".join(f"{k}: {len(v):,} (lines {first_few(v, first)})" for k, v in lines.items())
     if not keep.any():
         raise ValueError(f"{where}: no usable rows — " + ("the file has a header but no data lines." if n == 0 else
                          f"all {n:,} rows were dropped ({said}); check the file and missing= / the instrument's scale."))
@@ -390,7 +390,7 @@ def load_reference(name_or_path:str|Path,       # a known name (see REFERENCES) 
             if instrument is None:
                 raise ValueError(f"{path}: say which items the file holds with instrument= (on the command line "
                                  f"--instrument NAME; one of {list(INSTRUMENTS)}, an Instrument, or a spec path); "
-                                 f"its columns are {header[:15]}{' …' if len(header) > 15 else ''}.")
+                                 f"its columns are {first_few(header, 15)}.")
             spec = dict(instrument=None, item_columns=[])
     inst = load_instrument(instrument or spec["instrument"], data_dir)
     cmap = {**spec.get("columns", {}), **(columns or {})}
