@@ -126,7 +126,7 @@ def _add_result_commands(sub):
 
 # %% ../nbs/17_cli.ipynb #21a2f211
 def _add_alignment_commands(sub):
-    "respond and align."
+    "respond, align and revise."
     pr = sub.add_parser("respond", help="personas answer an instrument (option probabilities), cached and resumable",
                         description="Each persona answers every item of the instrument through the role-play prompt; "
                                     "answers are probabilities over the scale options. Writes an .npz artifact.",
@@ -154,6 +154,38 @@ def _add_alignment_commands(sub):
     pa.add_argument("--seed", type=int, default=0)
     pa.add_argument("--keep", type=float, default=0.7, help="fraction of the pool kept by importance sampling (IS methods)")
     pa.add_argument("--out", required=True, help="output CSV of selected persona ids (metrics go beside it)")
+
+    pv = sub.add_parser("revise", help="revise selected personas toward human targets for K rounds (DIPA), resumable",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="DIPA's iterative library alignment: select N personas, match each to a person of the reference,\n"
+                                    "ask the generation LLM for a graded change toward that person (two added sentences, or a rewrite),\n"
+                                    "keep it only if the persona's facts survive and its answers moved toward the target, re-score,\n"
+                                    "and repeat for K rounds. Every revision is kept (revisions.jsonl); a killed run resumes from its\n"
+                                    "last finished round, and the response caches make the resumed round cost no repeated model call.",
+                        epilog="example: popalign revise pool.jsonl --reference big5 -n 40 --rounds 3 --out runs/revise\n"
+                               "control: popalign revise pool.jsonl -n 40 --directions random --accept all --out runs/revise_random")
+    pv.add_argument("personas", help="persona file: .jsonl / .parquet / .csv (a text column) or .txt (one per line)")
+    pv.add_argument("--out", required=True, help="output folder (round files, revisions.jsonl, report.csv, personas.jsonl)")
+    pv.add_argument("--reference", default="big5", help="human reference (big5, bfi, cfcs, grit, or a CSV path); a seeded quarter "
+                    "is held out for the floor")
+    pv.add_argument("--instrument", default=None, help="the instrument a CSV reference holds")
+    pv.add_argument("-n", type=int, default=40, help="personas selected and revised each round (default 40)")
+    pv.add_argument("--rounds", type=int, default=3, help="K rounds after the selection-only round 0 (default 3)")
+    pv.add_argument("--mode", choices=["append", "rewrite"], default="append", help="append: two sentences added to the unchanged "
+                    "text (default); rewrite: the whole text rewritten, every fact of the original required")
+    pv.add_argument("--directions", choices=["gap", "random"], default="gap", help="gap: toward the matched person; random: the control")
+    pv.add_argument("--accept", choices=["progress", "all"], default="progress", help="progress: keep only revisions that moved "
+                    "toward the target without worsening the set; all: every revision that passed the checks (a control)")
+    pv.add_argument("--max-traits", type=int, default=2, help="traits one revision may change (default 2)")
+    pv.add_argument("--min-similarity", type=float, default=0.6, help="reject revisions less similar to the original (MiniLM cosine)")
+    pv.add_argument("--temperature", type=float, default=0.7, help="generation temperature (default 0.7)")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--generator", default="auto", help="who writes revisions: auto (llama.cpp on the embedded model when installed, "
+                    "else the responder's model), BACKEND or BACKEND:MODEL")
+    pv.add_argument("--limit", type=int, default=None, help="only the first N personas of the file")
+    pv.add_argument("--text-column", default=None, help="persona text column (default: persona/text/description/summary)")
+    pv.add_argument("--no-floor", action="store_true", help="use the whole reference (no held-out floor)")
+    _llm_args(pv, required=True)
 
 # %% ../nbs/17_cli.ipynb #ef22c36b
 def _add_persona_commands(sub):
@@ -259,7 +291,7 @@ def build_parser()->argparse.ArgumentParser:
 
 # %% ../nbs/17_cli.ipynb #c4886a5f
 PAPER_ORDER = ("fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
-               "tab_pra", "tab_main")   # producers before consumers: pools reads the mined personas; main reads tab_pra's cached answers
+               "tab_pra", "tab_main", "tab_revise")   # producers before consumers: pools reads the mined personas; main reads tab_pra's cached answers
 
 def paper_plan(names:list|None=None, # notebooks to run (None: all)
                quick:bool=False,     # keep only those with a `quick` parameter
@@ -353,6 +385,16 @@ def _cmd_respond(a):
     cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache", "adapter")}
     respond_cli(a.personas, a.instrument, a.out, Settings.load(path=a.settings, cli=cli), mode=a.mode, limit=a.limit,
                 text_column=a.text_column)
+    return 0
+
+def _cmd_revise(a):
+    from popalign.revise import ReviseConfig, revise_cli
+    from popalign.llm import Settings
+    cfg = ReviseConfig(n=a.n, rounds=a.rounds, mode=a.mode, directions=a.directions, accept=a.accept, max_traits=a.max_traits,
+                       min_similarity=a.min_similarity, temperature=a.temperature, seed=a.seed)
+    cli = {k: getattr(a, k, None) for k in ("backend", "model", "base_url", "device", "no_cache", "adapter")}
+    revise_cli(a.personas, a.out, a.reference, a.instrument, Settings.load(path=a.settings, cli=cli), a.generator, cfg,
+               text_column=a.text_column, limit=a.limit, floor=not a.no_floor)
     return 0
 
 def _cmd_align(a):
@@ -455,7 +497,7 @@ def _cmd_pra(a):
 
 _HANDLERS = {"paper": _cmd_paper, "bench": _cmd_bench, "demo": _cmd_demo, "respond": _cmd_respond, "align": _cmd_align,
              "mine": _cmd_mine, "critic": _cmd_critic, "deid": _cmd_deid, "synth": _cmd_synth, "import": _cmd_import,
-             "serve": _cmd_serve, "pra": _cmd_pra}
+             "serve": _cmd_serve, "pra": _cmd_pra, "revise": _cmd_revise}
 
 # %% ../nbs/17_cli.ipynb #a3393a3c
 def main(argv:list[str]|None=None)->int:

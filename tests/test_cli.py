@@ -187,13 +187,43 @@ def test_paper_all_quick_smoke_runs_the_paper_notebooks(tmp_path):
     out = run("paper", "--all", "--quick", "--runs", str(tmp_path)).stdout
     ran = [l.split(":")[0] for l in out.splitlines() if l.endswith("files written")]
     assert ran == ["fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
-                   "tab_main"], out
+                   "tab_main", "tab_revise"], out
     assert "skipped tab_pra: no quick mode" in out          # said, not hidden
     made = {p.name for p in (tmp_path/"tables").glob("*.md")}
-    assert {"main_ipip50.md", "main_ood.md", "main_corr.md", "mining_funnel.md", "pools_ipip50.md"} <= made, made
+    assert {"main_ipip50.md", "main_ood.md", "main_corr.md", "mining_funnel.md", "pools_ipip50.md", "revise_summary.md",
+            "revise_rounds.md", "revise_ood.md"} <= made, made
     head = (tmp_path/"tables"/"main_ipip50.md").read_text()
     assert "QUICK SMOKE RUN" in head and "ScriptedLLM" in head     # a smoke run never waits on the real model
     t1 = pd.read_csv(tmp_path/"tables"/"main_ipip50.csv")
     assert {"no persona, T=1", "pool (raw)", "random", "matching only", "IS only", "IS + OT"} <= set(t1["set"])
     assert (t1.dropna(subset=["value"]).floor > 0).all() and t1.floor_geometry.str.contains("held-out").all()
     assert {p: p.stat().st_mtime_ns for p in (ROOT/"tables").glob("*")} == before   # the real tables are untouched
+
+
+def test_revise_end_to_end_and_resume(tmp_path):
+    "popalign revise on the scripted backend: files written, every empty revision rejected and counted, a rerun resumes."
+    people = [f"Person {i} is a {20 + i}-year-old who likes {'parties' if i % 2 else 'quiet evenings'}." for i in range(30)]
+    (tmp_path/"p.txt").write_text("\n".join(people))
+    args = ("revise", str(tmp_path/"p.txt"), "--reference", "bfi", "-n", "8", "--rounds", "2", "--out", str(tmp_path/"rv"),
+            "--backend", "scripted", "--no-cache")
+    first = run(*args)
+    out = tmp_path/"rv"
+    for f in ("round_01.json", "round_02.json", "report.csv", "revisions.jsonl", "personas.jsonl", "selected.csv"):
+        assert (out/f).exists(), f
+    rep = pd.read_csv(out/"report.csv")
+    assert rep["round"].tolist() == [0, 1, 2] and "floor AMW" in rep
+    later = rep[rep["round"] > 0]
+    assert (later["rejected: empty"] == later["asked"]).all() and (later["accepted"] == 0).all()   # the double writes nothing
+    assert (later["asked"] > 0).all()
+    again = run(*args)                                   # finished rounds are read back, not recomputed
+    assert pd.read_csv(out/"report.csv").drop(columns="seconds").equals(rep.drop(columns="seconds"))
+    r = run(*args, "--max-traits", "1", check=False)     # other settings, same folder: refused
+    assert r.returncode == 2 and "another run" in r.stderr
+
+
+def test_revise_refuses_an_instrument_without_revision_wording(tmp_path):
+    (tmp_path/"p.txt").write_text("\n".join(f"Person {i} likes tea." for i in range(10)))
+    r = run("revise", str(tmp_path/"p.txt"), "--reference", "cfcs", "-n", "4", "--out", str(tmp_path/"rv"), "--backend", "scripted",
+            "--no-cache", check=False)
+    assert r.returncode == 2 and "No revision wording for trait(s)" in r.stderr, r.stderr
+    assert not (tmp_path/"rv").exists()
