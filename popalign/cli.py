@@ -174,8 +174,9 @@ def _add_alignment_commands(sub):
     pv.add_argument("--mode", choices=["append", "rewrite"], default="append", help="append: two sentences added to the unchanged "
                     "text (default); rewrite: the whole text rewritten, every fact of the original required")
     pv.add_argument("--directions", choices=["gap", "random"], default="gap", help="gap: toward the matched person; random: the control")
-    pv.add_argument("--accept", choices=["progress", "all"], default="progress", help="progress: keep only revisions that moved "
-                    "toward the target without worsening the set; all: every revision that passed the checks (a control)")
+    pv.add_argument("--accept", choices=["progress", "set", "all"], default="progress", help="progress: keep only revisions that "
+                    "moved toward the target without worsening the set; set: those that do not worsen the set; all: every revision "
+                    "that passed the checks (a control)")
     pv.add_argument("--max-traits", type=int, default=2, help="traits one revision may change (default 2)")
     pv.add_argument("--min-similarity", type=float, default=0.6, help="reject revisions less similar to the original (MiniLM cosine)")
     pv.add_argument("--temperature", type=float, default=0.7, help="generation temperature (default 0.7)")
@@ -291,7 +292,7 @@ def build_parser()->argparse.ArgumentParser:
 
 # %% ../nbs/17_cli.ipynb #c4886a5f
 PAPER_ORDER = ("fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
-               "tab_pra", "tab_main", "tab_revise")   # producers before consumers: pools reads the mined personas; main reads tab_pra's cached answers
+               "tab_pra", "tab_main", "tab_revise", "tab_groups")   # producers before consumers: pools reads the mined personas; main reads tab_pra's cached answers
 
 def paper_plan(names:list|None=None, # notebooks to run (None: all)
                quick:bool=False,     # keep only those with a `quick` parameter

@@ -187,11 +187,11 @@ def test_paper_all_quick_smoke_runs_the_paper_notebooks(tmp_path):
     out = run("paper", "--all", "--quick", "--runs", str(tmp_path)).stdout
     ran = [l.split(":")[0] for l in out.splitlines() if l.endswith("files written")]
     assert ran == ["fig_reference", "tab_alignment_oracle", "tab_mining_funnel", "tab_pools_ipip50", "tab_individual_validity",
-                   "tab_main", "tab_revise"], out
+                   "tab_main", "tab_revise", "tab_groups"], out
     assert "skipped tab_pra: no quick mode" in out          # said, not hidden
     made = {p.name for p in (tmp_path/"tables").glob("*.md")}
     assert {"main_ipip50.md", "main_ood.md", "main_corr.md", "mining_funnel.md", "pools_ipip50.md", "revise_summary.md",
-            "revise_rounds.md", "revise_ood.md"} <= made, made
+            "revise_rounds.md", "revise_ood.md", "groups_table4.md", "groups_retrieval.md"} <= made, made
     head = (tmp_path/"tables"/"main_ipip50.md").read_text()
     assert "QUICK SMOKE RUN" in head and "ScriptedLLM" in head     # a smoke run never waits on the real model
     t1 = pd.read_csv(tmp_path/"tables"/"main_ipip50.csv")
