@@ -12,6 +12,7 @@ import pandas as pd
 
 from .core import check_rng, text_hash, fingerprint, load_artifact, run_stage, check_stage_io, first_few
 from .taxonomy import get_embedder, embed
+from .prompts import fill_template
 from .ask import ask, choose, describe_llm
 
 # %% auto #0
@@ -257,7 +258,7 @@ def render_embedder_prompt(name:str, # a key of `EMBEDDER_PROMPTS`
                           )->str:
     "Fill an embedder prompt in one pass; braces inside the values are left alone."
     if name not in EMBEDDER_PROMPTS: raise KeyError(f"No embedder prompt named '{name}'; known: {sorted(EMBEDDER_PROMPTS)}.")
-    return re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), EMBEDDER_PROMPTS[name])
+    return fill_template(EMBEDDER_PROMPTS[name], **fields)
 
 def embedder_prompt_hashes(names=None)->dict[str, str]:
     "`text_hash` of each embedder prompt template (all by default), for provenance."

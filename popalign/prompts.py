@@ -10,7 +10,7 @@ from typing import Iterable
 from .core import text_hash
 
 # %% auto #0
-__all__ = ['PROMPTS', 'CRITIC_DEFINITIONS', 'PREFILLS', 'render', 'prompt_hashes']
+__all__ = ['PROMPTS', 'CRITIC_DEFINITIONS', 'PREFILLS', 'fill_template', 'render', 'prompt_hashes']
 
 # %% ../nbs/05b_prompts.ipynb #bb7637ff
 PROMPTS = {
@@ -133,12 +133,18 @@ Persona:
 PREFILLS = {"clean": "<clean>", "quality": "<quality>", "quality_choice": "Quality:", "critic_score": "Score: ", "persona": '{"persona":', "critic": '{"hallucination": {"score":',
             "pii_detect": "", "pii_spans": '{"spans": ['}
 
+def fill_template(template:str, # text with {placeholders}
+                  **fields,      # values for them
+                 )->str:
+    "Fill {placeholders} in one pass: unknown placeholders and braces inside the values are left alone (every prompt family uses it)."
+    return re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), template)
+
 def render(name:str, # a key of `PROMPTS`
            **fields, # values for the template's {placeholders}
           )->str:
     "Fill a prompt template in one pass; unknown placeholders and braces inside the values are left alone."
     if name not in PROMPTS: raise KeyError(f"No prompt named '{name}'; known: {sorted(PROMPTS)}.")
-    return re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), PROMPTS[name])
+    return fill_template(PROMPTS[name], **fields)
 
 def prompt_hashes(names:Iterable[str]|None=None)->dict[str, str]:
     "`text_hash` of each prompt template (all of them by default), for provenance."

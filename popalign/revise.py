@@ -373,7 +373,7 @@ def revise_loop(personas,                 # DataFrame with a text column (and id
             P["text"] = st["texts"]; recs += st["records"]; reports.append(st["report"])
             S, X = _score(responder, P.text, ins); sel = np.asarray(st["selected"]); sels.append(sel); continue
         t = time.perf_counter()
-        emb = emb or get_embedder(embedder)
+        if emb is None: emb = get_embedder(embedder)
         with tqdm(total=1, disable=not verbose, desc=f"round {r + 1}/{cfg.rounds}", leave=False) as bar:
             recs += _revise_round(r, P, S, X, sel, H, Y, ins, responder, generator, emb, cfg, dirs, seed_r); bar.update()
         new_sel = select() if cfg.reselect else sel

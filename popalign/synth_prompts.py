@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from .core import text_hash
+from .prompts import fill_template
 from .ask import json_object
 from .taxonomy import SEP, ANCHORS
 from .anchors import load_value_tables
@@ -73,7 +74,7 @@ Portrait:''',
 def render_prompt(name:str, **fields)->str:
     "Fill a synth prompt template in one pass (unknown placeholders and braces inside the values are left alone)."
     if name not in SYNTH_PROMPTS: raise KeyError(f"No synth prompt named '{name}'; known: {sorted(SYNTH_PROMPTS)}.")
-    return re.sub(r"\{(\w+)\}", lambda m: str(fields[m.group(1)]) if m.group(1) in fields else m.group(0), SYNTH_PROMPTS[name])
+    return fill_template(SYNTH_PROMPTS[name], **fields)
 
 def synth_prompt_hashes(names=None)->dict[str, str]:
     "`text_hash` of each synth prompt template, for provenance."
